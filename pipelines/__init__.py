@@ -1,0 +1,7 @@
+"""The pipeline registry: the one place where pipelines are listed by name."""
+from pipelines.base import Pipeline
+from pipelines.gender import GenderPipeline
+
+PIPELINES: dict[str, type[Pipeline]] = {
+    cls.name: cls for cls in (GenderPipeline,)
+}

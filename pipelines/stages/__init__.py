@@ -1,0 +1,1 @@
+"""Building blocks that several pipelines share (voice activity, pitch, ...)."""

@@ -1,0 +1,57 @@
+"""Fundamental-frequency (F0) tracking with the YIN method, vectorised over frames.
+
+de Cheveigné & Kawahara (2002): the cumulative-mean-normalised difference function d'(tau) has
+its first dip below a threshold at the pitch period; d' there is the frame's aperiodicity
+(0 = perfectly periodic), which doubles as a voicing confidence.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def yin(samples: np.ndarray, sample_rate: int = 16000, fmin: float = 60.0, fmax: float = 400.0,
+        frame: float = 0.04, hop: float = 0.01, threshold: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (f0 Hz per frame, 0 where unvoiced; aperiodicity per frame)."""
+    n = int(frame * sample_rate)
+    step = int(hop * sample_rate)
+    x = np.asarray(samples, dtype=np.float64)
+    if len(x) < n:
+        return np.zeros(0), np.zeros(0)
+    count = 1 + (len(x) - n) // step
+    frames = np.lib.stride_tricks.as_strided(x, (count, n), (x.strides[0] * step, x.strides[0]))
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    tau_max = min(int(sample_rate / fmin), n - 1)
+    tau_min = max(2, int(sample_rate / fmax))
+    w = n - tau_max  # integration window
+    # Difference function d(tau) = e(0) + e(tau) - 2 r(tau), with r by FFT autocorrelation.
+    size = 1 << int(np.ceil(np.log2(2 * n)))
+    spec = np.fft.rfft(frames, size)
+    spec_w = np.fft.rfft(frames[:, :w], size)
+    r = np.fft.irfft(spec * np.conj(spec_w), size)[:, :tau_max + 1]
+    sq = np.cumsum(np.pad(frames ** 2, ((0, 0), (1, 0))), axis=1)
+    energy_at = sq[:, np.arange(tau_max + 1) + w] - sq[:, np.arange(tau_max + 1)]
+    d = sq[:, w:w + 1] + energy_at - 2 * r
+    d[:, 0] = 0
+    cum = np.cumsum(d[:, 1:], axis=1) / np.arange(1, tau_max + 1)
+    cmnd = np.ones_like(d)
+    cmnd[:, 1:] = d[:, 1:] / np.maximum(cum, 1e-12)
+    # First local minimum below the threshold in [tau_min, tau_max]; else the global minimum.
+    search = cmnd[:, tau_min:tau_max]
+    below = search < threshold
+    is_min = np.ones_like(below)
+    is_min[:, :-1] = search[:, :-1] <= search[:, 1:]
+    candidates = below & is_min
+    has = candidates.any(axis=1)
+    first = np.where(has, candidates.argmax(axis=1), search.argmin(axis=1))
+    rows = np.arange(count)
+    tau = first + tau_min
+    # Parabolic interpolation around tau for sub-sample precision.
+    t = np.clip(tau, 1, tau_max - 1)
+    a, b, c = cmnd[rows, t - 1], cmnd[rows, t], cmnd[rows, t + 1]
+    denom = a - 2 * b + c
+    shift = np.where(np.abs(denom) > 1e-12, 0.5 * (a - c) / np.where(denom == 0, 1, denom), 0.0)
+    period = t + np.clip(shift, -1, 1)
+    aperiodicity = cmnd[rows, tau]
+    silent = sq[:, -1] < 1e-7 * n
+    f0 = np.where(has & ~silent, sample_rate / period, 0.0)
+    return f0, np.where(silent, 1.0, aperiodicity)

@@ -1,0 +1,143 @@
+"""The HTTP side: the page, signalling (``POST /offer``), ``/health`` and ``/metrics``."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
+
+from pipelines import PIPELINES
+from pipelines.base import OptionError
+from server.config import Settings
+from server.ice import restrict_ice_hosts
+from server.metrics import Metrics
+from server.session import Session
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def ice_servers(settings: Settings) -> list[RTCIceServer]:
+    servers = [RTCIceServer(urls=url) for url in settings.stun]
+    for spec in settings.turn:  # turn:USER:PASSWORD@HOST:PORT
+        try:
+            scheme_creds, hostport = spec.rsplit("@", 1)
+            scheme, user, password = scheme_creds.split(":", 2)
+        except ValueError:
+            raise ValueError(f"TURN server {spec!r} is not turn:USER:PASSWORD@HOST:PORT") from None
+        servers.append(RTCIceServer(urls=f"{scheme}:{hostport}", username=user, credential=password))
+    return servers
+
+
+class MediaServer:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.sessions: dict[str, Session] = {}
+        self.started = time.monotonic()
+        self.rtc_configuration = RTCConfiguration(iceServers=ice_servers(settings))
+        restrict_ice_hosts(settings.ice_hosts)
+        unknown = set(settings.pipelines) - set(PIPELINES)
+        if unknown:
+            raise ValueError(f"unknown default pipeline(s) {sorted(unknown)}; valid: {sorted(PIPELINES)}")
+        self._background: list[asyncio.Task] = []
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_get("/", self.index)
+        app.router.add_post("/offer", self.offer)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics_endpoint)
+        app.router.add_static("/static", STATIC)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, app) -> None:
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(self.metrics.monitor_loop_lag(), name="loop-lag"))
+        # Load the default pipelines' models now, so the first visitor doesn't wait for them.
+        for name in self.settings.pipelines:
+            self._background.append(loop.create_task(asyncio.to_thread(PIPELINES[name].shared, self.settings),
+                                                     name=f"preload-{name}"))
+
+    async def _on_shutdown(self, app) -> None:
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def forget(self, session: Session) -> None:
+        if self.sessions.pop(session.id, None) is not None:
+            self.metrics.sessions.set(len(self.sessions))
+
+    # --- routes ----------------------------------------------------------------------------------
+    async def index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "status": "ok",
+            "sessions": len(self.sessions),
+            "max_sessions": self.settings.max_sessions,
+            "uptime": round(time.monotonic() - self.started, 1),
+            "device": self.settings.device,
+            "pipelines": {name: {"description": cls.description, "defaults": cls.defaults}
+                          for name, cls in PIPELINES.items()},
+            "default_pipelines": self.settings.pipelines,
+            "event_loop_lag_ms": self.metrics.lag_percentiles_ms(),
+        })
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    async def offer(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, f"body too large (max {self.settings.max_body_bytes} bytes)")
+        except (ValueError, UnicodeDecodeError):
+            return error(400, "body is not valid JSON")
+        if not isinstance(body, dict):
+            return error(400, "body must be a JSON object")
+        if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
+            return error(400, 'expected {"sdp": "...", "type": "offer"}')
+        if not body["sdp"].lstrip().startswith("v=0") or "\nm=" not in body["sdp"]:
+            return error(400, "malformed SDP: expected a session description with media sections")
+        names = body.get("pipelines", self.settings.pipelines)
+        options = body.get("options", {})
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return error(400, '"pipelines" must be a list of names')
+        if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+            return error(400, '"options" must map pipeline names to objects')
+        unknown = [n for n in names + list(options) if n not in PIPELINES]
+        if unknown:
+            return error(400, f"unknown pipeline(s) {unknown}; valid: {sorted(PIPELINES)}")
+        if len(self.sessions) >= self.settings.max_sessions:
+            return error(503, f"server is full ({self.settings.max_sessions} sessions)")
+
+        session = Session(self, self.rtc_configuration)
+        try:
+            session.add_pipelines({n: (PIPELINES[n], options.get(n, {})) for n in dict.fromkeys(names)})
+        except OptionError as exc:
+            await session.close()
+            return error(400, str(exc))
+        self.sessions[session.id] = session
+        self.metrics.sessions.set(len(self.sessions))
+        self.metrics.sessions_total.inc()
+        try:
+            answer = await session.answer(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+        except Exception as exc:  # aiortc raises ValueError & co. for SDP it cannot use
+            log.info("bad offer: %s", exc)
+            await session.close()
+            return error(400, f"malformed SDP: {exc}")
+        log.info("session %s started with pipelines %s", session.id, list(session.pipelines))
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})

@@ -1,0 +1,84 @@
+"""Server settings: one dataclass, filled from CLI flags with environment-variable equivalents."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    pipelines: list[str] = field(default_factory=lambda: ["gender"])  # used when an offer names none
+    max_sessions: int = 16
+    stun: list[str] = field(default_factory=list)
+    turn: list[str] = field(default_factory=list)  # turn:user:password@host:port
+    device: str = "cpu"
+    log_level: str = "INFO"
+    ice_hosts: list[str] = field(default_factory=list)
+    video_fps: float = 25.0
+    heartbeat_timeout: float = 10.0
+    gender_backend: str = "pitch"
+    gender_model: str = "7wolf/wav2vec2-base-gender-classification"
+    max_body_bytes: int = 256 * 1024
+
+
+# flag name -> (environment variable, help). Lists are comma-separated in the environment.
+_ENV = {
+    "host": ("MMS_HOST", "address to listen on"),
+    "port": ("MMS_PORT", "HTTP port"),
+    "pipelines": ("MMS_PIPELINES", "default pipelines when an offer names none (comma-separated)"),
+    "max_sessions": ("MMS_MAX_SESSIONS", "sessions at once; more answer 503"),
+    "stun": ("MMS_STUN", "STUN server URL, e.g. stun:stun.example.org:3478 (repeatable)"),
+    "turn": ("MMS_TURN", "TURN server as turn:USER:PASSWORD@HOST:PORT (repeatable)"),
+    "device": ("MMS_DEVICE", "where models run: cpu or cuda"),
+    "log_level": ("MMS_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    "ice_hosts": ("MMS_ICE_HOSTS", "offer only these host addresses as ICE candidates (repeatable)"),
+    "video_fps": ("MMS_VIDEO_FPS", "frame rate of the outbound video track"),
+    "heartbeat_timeout": ("MMS_HEARTBEAT_TIMEOUT", "seconds without media or messages before a session is closed"),
+    "gender_backend": ("MMS_GENDER_BACKEND", "voice-gender backend: pitch (embedded) or wav2vec2"),
+    "gender_model": ("MMS_GENDER_MODEL", "transformers model id or local path for the wav2vec2 backend"),
+}
+
+
+def parse_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    defaults = Settings()
+    parser = argparse.ArgumentParser(description="Real-time multimodal AI media server (WebRTC).")
+    for f in dataclasses.fields(Settings):
+        if f.name not in _ENV:
+            continue
+        env_name, help_text = _ENV[f.name]
+        default = getattr(defaults, f.name)
+        flag = "--" + ("ice-host" if f.name == "ice_hosts" else f.name.replace("_", "-"))
+        raw = environ.get(env_name)
+        if isinstance(default, list):
+            env_value = [v.strip() for v in raw.split(",") if v.strip()] if raw else None
+            if f.name == "pipelines":
+                parser.add_argument(flag, type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+                                    default=env_value if env_value is not None else default,
+                                    help=f"{help_text} [env {env_name}]")
+            else:
+                parser.add_argument(flag, dest=f.name, action="append", default=None,
+                                    help=f"{help_text} [env {env_name}]")
+                parser.set_defaults(**{f"_env_{f.name}": env_value if env_value is not None else default})
+        else:
+            kind = type(default)
+            parser.add_argument(flag, dest=f.name, type=kind,
+                                default=kind(raw) if raw is not None else default,
+                                help=f"{help_text} [env {env_name}, default {default}]")
+    ns = vars(parser.parse_args(argv))
+    values = {}
+    for f in dataclasses.fields(Settings):
+        if f.name in ns:
+            value = ns[f.name]
+            if value is None and f"_env_{f.name}" in ns:
+                value = ns[f"_env_{f.name}"]
+            values[f.name] = value
+    settings = Settings(**values)
+    if settings.device not in ("cpu", "cuda") and not settings.device.startswith("cuda:"):
+        parser.error(f"--device must be cpu or cuda, not {settings.device!r}")
+    settings.log_level = settings.log_level.upper()
+    return settings

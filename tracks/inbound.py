@@ -1,0 +1,46 @@
+"""Inbound track readers: pull frames from the browser's tracks into the session's buffers.
+
+Audio is resampled once, here at the edge, to 16 kHz mono float32; everything downstream reads
+that one format from the session's ``AudioRing``. Video keeps only the newest frame.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .buffers import SAMPLE_RATE, AudioRing, LatestFrame
+
+
+class AudioResampler:
+    """Any PyAV audio frame -> 16 kHz mono float32 samples (stateful: keeps filter history)."""
+
+    def __init__(self, rate: int = SAMPLE_RATE):
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+
+    def __call__(self, frame: av.AudioFrame) -> np.ndarray:
+        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+async def read_audio(track: MediaStreamTrack, ring: AudioRing, on_frame: Callable[[], None]) -> None:
+    resampler = AudioResampler(ring.sample_rate)
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        ring.write(resampler(frame))
+        on_frame()
+
+
+async def read_video(track: MediaStreamTrack, latest: LatestFrame, on_frame: Callable[[], None]) -> None:
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        latest.put(frame)
+        on_frame()

@@ -1,0 +1,190 @@
+"""Outbound tracks. Both pace themselves off the wall clock (aiortc pulls ``recv()``) and never
+wait on a model: they send whatever is ready at each tick.
+
+* ``SpeechAudioTrack``: 20 ms frames of 48 kHz mono s16; silence until a pipeline pushes speech,
+  which is resampled once on the way in and queued back to back (no gaps, no overlaps).
+* ``SynthVideoTrack``: a fixed frame rate; each frame is the newest inbound camera frame (or a
+  placeholder card, or a pipeline-provided source) with the session's overlay lines drawn on it.
+"""
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from collections import deque
+from typing import Callable
+
+import cv2
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
+from scipy.signal import resample_poly
+
+OUT_RATE = 48000
+FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
+VIDEO_CLOCK = 90000
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling of mono float audio between integer rates."""
+    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+    if from_rate == to_rate:
+        return samples
+    g = np.gcd(int(from_rate), int(to_rate))
+    return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)
+
+
+class Pacer:
+    """Sleeps until the wall-clock time of the next media timestamp."""
+
+    def __init__(self, clock_rate: int):
+        self.clock_rate = clock_rate
+        self.start: float | None = None
+
+    async def wait(self, timestamp: int) -> None:
+        if self.start is None:
+            self.start = time.monotonic()
+            return
+        delay = self.start + timestamp / self.clock_rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class SpeechAudioTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, max_seconds: float = 60.0, on_frame: Callable[[], None] | None = None):
+        super().__init__()
+        self.on_frame = on_frame
+        self.max_samples = int(max_seconds * OUT_RATE)
+        self._chunks: deque[np.ndarray] = deque()  # int16 at OUT_RATE
+        self._queued = 0
+        self._pacer = Pacer(OUT_RATE)
+        self.timestamp = 0  # samples sent so far: the track's play clock
+        self.rejected_samples = 0
+
+    @property
+    def queued_seconds(self) -> float:
+        return self._queued / OUT_RATE
+
+    def push_audio(self, samples: np.ndarray, sample_rate: int) -> bool:
+        """Queue float speech (-1..1) to play after what is already queued. Returns False (and
+        queues nothing) if it would overflow the bounded queue."""
+        pcm = np.clip(resample(samples, sample_rate, OUT_RATE) * 32767.0, -32768, 32767).astype(np.int16)
+        if self._queued + len(pcm) > self.max_samples:
+            self.rejected_samples += len(pcm)
+            return False
+        if len(pcm):
+            self._chunks.append(pcm)
+            self._queued += len(pcm)
+        return True
+
+    def clear_buffer(self) -> None:
+        self._chunks.clear()
+        self._queued = 0
+
+    def _next_samples(self) -> np.ndarray:
+        out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        filled = 0
+        while filled < FRAME_SAMPLES and self._chunks:
+            chunk = self._chunks[0]
+            take = min(FRAME_SAMPLES - filled, len(chunk))
+            out[filled:filled + take] = chunk[:take]
+            filled += take
+            if take == len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[take:]
+        self._queued -= filled
+        return out
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._pacer.wait(self.timestamp)
+        samples = self._next_samples()
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = OUT_RATE
+        frame.pts = self.timestamp
+        frame.time_base = fractions.Fraction(1, OUT_RATE)
+        self.timestamp += FRAME_SAMPLES
+        if self.on_frame:
+            self.on_frame()
+        return frame
+
+
+def placeholder_card(width: int = 640, height: int = 360, text: str = "no camera") -> np.ndarray:
+    card = np.full((height, width, 3), (48, 40, 32), dtype=np.uint8)
+    size = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 2)[0]
+    cv2.putText(card, text, ((width - size[0]) // 2, (height + size[1]) // 2),
+                cv2.FONT_HERSHEY_SIMPLEX, 1.0, (200, 200, 200), 2, cv2.LINE_AA)
+    return card
+
+
+def draw_overlay(image: np.ndarray, lines: list[str]) -> np.ndarray:
+    """Draw result lines in a translucent box at the top-left of a BGR image (in place)."""
+    if not lines:
+        return image
+    scale = max(0.4, image.shape[0] / 600)
+    thickness = 1 if scale < 0.7 else 2
+    line_h = int(26 * scale) + 4
+    width = max(cv2.getTextSize(l, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for l in lines) + 12
+    height = line_h * len(lines) + 8
+    box = image[:height, :width]
+    box[:] = (box * 0.4).astype(np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(image, line, (6, line_h * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 255, 255), thickness, cv2.LINE_AA)
+    return image
+
+
+class SynthVideoTrack(MediaStreamTrack):
+    """The session's returned video. ``source`` may be replaced by a pipeline (e.g. an avatar
+    renderer): a callable returning a BGR ndarray, or None to fall back to the camera/card."""
+
+    kind = "video"
+
+    def __init__(self, camera, overlay: Callable[[], list[str]], fps: float = 25.0,
+                 on_frame: Callable[[], None] | None = None):
+        super().__init__()
+        self.on_frame = on_frame
+        self.camera = camera  # LatestFrame of inbound video
+        self.overlay = overlay
+        self.source: Callable[[], np.ndarray | None] | None = None
+        self.fps = fps
+        self._pacer = Pacer(VIDEO_CLOCK)
+        self._pts = 0
+        self._card = placeholder_card()
+        self._cache_key = None
+        self._cache_image: np.ndarray | None = None
+        self.sent = 0
+
+    def _compose(self) -> np.ndarray:
+        lines = self.overlay()
+        image = self.source() if self.source else None
+        if image is None:
+            frame = self.camera.take()
+            key = (id(frame), tuple(lines))
+            if key == self._cache_key and self._cache_image is not None:
+                return self._cache_image  # nothing changed since the last tick
+            image = frame.to_ndarray(format="bgr24") if frame is not None else self._card.copy()
+            self._cache_key = key
+            self._cache_image = draw_overlay(image, lines)
+            return self._cache_image
+        self._cache_key = None
+        return draw_overlay(np.array(image, copy=True), lines)
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._pacer.wait(self._pts)
+        # Colour conversion and drawing release the GIL: keep them off the event loop.
+        image = await asyncio.get_running_loop().run_in_executor(None, self._compose)
+        frame = VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self._pts += int(VIDEO_CLOCK / self.fps)
+        self.sent += 1
+        if self.on_frame:
+            self.on_frame()
+        return frame
