@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""A Python client: streams a media file (or the microphone, or silence) to the server over
+WebRTC and prints the server's events as JSON lines.
+
+    python client.py speech.wav                       # audio file, default pipelines
+    python client.py talk.mp4 --pipelines gender      # audio + video from one file
+    python client.py --mic --duration 30              # microphone (PulseAudio/ALSA via ffmpeg)
+    python client.py speech.wav --record back.mp4     # also save what the server sends back
+
+The same ``StreamClient`` class is what the tests and benchmarks drive.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import json
+import sys
+import time
+
+import aiohttp
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole, MediaPlayer, MediaRecorder
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
+
+
+class ArrayAudioTrack(MediaStreamTrack):
+    """Plays a mono float array in real time as 20 ms frames (optionally looping, then silence)."""
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, loop: bool = False):
+        super().__init__()
+        self.pcm = np.clip(np.asarray(samples, dtype=np.float32) * 32767, -32768, 32767).astype(np.int16)
+        self.rate = sample_rate
+        self.loop = loop
+        self.step = sample_rate // 50
+        self.pos = 0
+        self.start: float | None = None
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.start is None:
+            self.start = time.monotonic()
+        delay = self.start + self.pos / self.rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        n = len(self.pcm)
+        idx = np.arange(self.pos, self.pos + self.step)
+        chunk = self.pcm[idx % n] if self.loop else np.where(idx < n, self.pcm[np.minimum(idx, n - 1)], 0)
+        frame = AudioFrame.from_ndarray(chunk.astype(np.int16).reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.rate
+        frame.pts = self.pos
+        frame.time_base = fractions.Fraction(1, self.rate)
+        self.pos += self.step
+        return frame
+
+
+class PatternVideoTrack(MediaStreamTrack):
+    """A moving test pattern, or a still BGR image, at a fixed frame rate."""
+
+    kind = "video"
+
+    def __init__(self, width: int = 320, height: int = 240, fps: float = 25.0, image: np.ndarray | None = None):
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self.image = image
+        self.count = 0
+        self.start: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.start is None:
+            self.start = time.monotonic()
+        delay = self.start + self.count / self.fps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.image is not None:
+            img = self.image
+        else:
+            x = (np.arange(self.width)[None, :] + self.count * 4) % 256
+            img = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+            img[..., 0] = x
+            img[..., 1] = (np.arange(self.height)[:, None] * 255 // self.height)
+            img[..., 2] = 128
+        frame = VideoFrame.from_ndarray(img, format="bgr24")
+        frame.pts = int(self.count * 90000 / self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.count += 1
+        return frame
+
+
+class StreamClient:
+    """One WebRTC session with the server: sends tracks, collects events and returned media."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", pipelines: list[str] | None = None,
+                 options: dict | None = None):
+        self.url = url.rstrip("/")
+        self.pipelines = pipelines
+        self.options = options or {}
+        self.pc = RTCPeerConnection()
+        self.channel = self.pc.createDataChannel("events")
+        self.events: asyncio.Queue[dict] = asyncio.Queue(maxsize=10000)
+        self.session_id: str | None = None
+        self.received: dict[str, list] = {"audio": [], "video": []}  # (arrival time, frame) of the newest
+        self.frame_counts = {"audio": 0, "video": 0}
+        self.keep_frames = 0  # how many returned frames of each kind to keep (0: count only)
+        self._readers: list[asyncio.Task] = []
+        self._opened = asyncio.Event()
+        self.channel.on("open", self._opened.set)
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+
+    def _on_message(self, message) -> None:
+        with contextlib.suppress(asyncio.QueueFull, ValueError):
+            self.events.put_nowait(json.loads(message))
+
+    def _on_track(self, track) -> None:
+        async def read():
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                self.frame_counts[track.kind] += 1
+                if self.keep_frames:
+                    kept = self.received[track.kind]
+                    kept.append((time.monotonic(), frame))
+                    del kept[:-self.keep_frames]
+        self._readers.append(asyncio.get_running_loop().create_task(read()))
+
+    async def connect(self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None) -> dict:
+        """Offer (sending the given tracks, receiving audio and video back); returns the answer JSON."""
+        if audio is not None:
+            self.pc.addTrack(audio)
+        else:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        if video is not None:
+            self.pc.addTrack(video)
+        else:
+            self.pc.addTransceiver("video", direction="recvonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "options": self.options}
+        if self.pipelines is not None:
+            body["pipelines"] = self.pipelines
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.url}/offer", json=body) as resp:
+                answer = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"offer refused ({resp.status}): {answer.get('error')}")
+        self.session_id = answer["session_id"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await asyncio.wait_for(self._opened.wait(), 15)
+        return answer
+
+    def send(self, message: dict | str) -> None:
+        self.channel.send(message if isinstance(message, str) else json.dumps(message))
+
+    async def next_event(self, type: str | None = None, timeout: float = 10.0) -> dict:
+        """The next event (of the given type), skipping others."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError(f"no {type or 'event'} within {timeout}s")
+            event = await asyncio.wait_for(self.events.get(), remaining)
+            if type is None or event.get("type") == type:
+                return event
+
+    def selected_pair(self) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """(local, remote) addresses of the nominated ICE pair (for loopback assertions)."""
+        for transceiver in self.pc.getTransceivers():
+            transport = transceiver.receiver.transport
+            if transport is None:
+                continue
+            pairs = getattr(transport.transport._connection, "_nominated", {})
+            for pair in pairs.values():
+                return pair.local_addr, pair.remote_addr
+        return None
+
+    async def close(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        await self.pc.close()
+
+
+async def _main(args) -> int:
+    if args.ice_host:
+        from server.ice import restrict_ice_hosts
+        restrict_ice_hosts(args.ice_host)
+    player = None
+    if args.mic:
+        fmt, dev = ("pulse", "default") if sys.platform.startswith("linux") else ("avfoundation", ":0")
+        player = MediaPlayer(dev, format=fmt)
+    elif args.media:
+        player = MediaPlayer(args.media, loop=args.loop)
+    client = StreamClient(args.url, args.pipelines, json.loads(args.options) if args.options else None)
+    recorder = MediaRecorder(args.record) if args.record else MediaBlackhole()
+    if args.record:
+        client.pc.on("track", recorder.addTrack)
+    await client.connect(player.audio if player else None, player.video if player else None)
+    await recorder.start()
+    print(json.dumps({"type": "connected", "session_id": client.session_id}), flush=True)
+    deadline = time.monotonic() + args.duration
+    ping = 0
+    try:
+        while time.monotonic() < deadline:
+            try:
+                event = await client.next_event(timeout=min(2.0, max(0.01, deadline - time.monotonic())))
+                print(json.dumps(event), flush=True)
+            except asyncio.TimeoutError:
+                pass
+            ping += 1
+            client.send({"type": "ping", "id": ping})  # heartbeat: keeps the session alive when silent
+    finally:
+        await recorder.stop()
+        await client.close()
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("media", nargs="?", help="audio/video file to stream (any format ffmpeg reads)")
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--pipelines", type=lambda s: [p for p in s.split(",") if p], default=None)
+    parser.add_argument("--options", help='JSON, e.g. \'{"gender": {"interval": 2}}\'')
+    parser.add_argument("--mic", action="store_true", help="stream the microphone instead of a file")
+    parser.add_argument("--loop", action="store_true", help="loop the media file")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds to stay connected")
+    parser.add_argument("--record", help="save the returned audio/video to this file")
+    parser.add_argument("--ice-host", action="append", help="restrict ICE to this local address (repeatable)")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(_main(args)))
+
+
+if __name__ == "__main__":
+    main()
