@@ -110,8 +110,6 @@ class MediaServer:
             return error(400, "body must be a JSON object")
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             return error(400, 'expected {"sdp": "...", "type": "offer"}')
-        if not body["sdp"].lstrip().startswith("v=0") or "\nm=" not in body["sdp"]:
-            return error(400, "malformed SDP: expected a session description with media sections")
         names = body.get("pipelines", self.settings.pipelines)
         options = body.get("options", {})
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -121,6 +119,8 @@ class MediaServer:
         unknown = [n for n in names + list(options) if n not in PIPELINES]
         if unknown:
             return error(400, f"unknown pipeline(s) {unknown}; valid: {sorted(PIPELINES)}")
+        if not body["sdp"].lstrip().startswith("v=0") or "\nm=" not in body["sdp"]:
+            return error(400, "malformed SDP: expected a session description with media sections")
         if len(self.sessions) >= self.settings.max_sessions:
             return error(503, f"server is full ({self.settings.max_sessions} sessions)")
 

@@ -33,8 +33,8 @@ class AudioRing:
     def write(self, samples: np.ndarray) -> None:
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         if len(samples) > self.capacity:
-            samples = samples[-self.capacity:]
             self.end += len(samples) - self.capacity  # the skipped part still advances the clock
+            samples = samples[-self.capacity:]
         pos = self.end % self.capacity
         first = min(len(samples), self.capacity - pos)
         self._data[pos:pos + first] = samples[:first]

@@ -15,14 +15,22 @@ from .buffers import SAMPLE_RATE, AudioRing, LatestFrame
 
 
 class AudioResampler:
-    """Any PyAV audio frame -> 16 kHz mono float32 samples (stateful: keeps filter history)."""
+    """Any PyAV audio frame -> 16 kHz mono float32 samples (stateful: keeps filter history).
+
+    Channels are averaged here rather than by libswresample, whose downmix adds them at -3 dB
+    (a stereo copy of a mono voice would come out 1.41x louder than the voice)."""
 
     def __init__(self, rate: int = SAMPLE_RATE):
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        self.rate = rate
+        self._resampler: av.AudioResampler | None = None
+        self._layout = None
 
     def __call__(self, frame: av.AudioFrame) -> np.ndarray:
-        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        if self._resampler is None or frame.layout.name != self._layout:
+            self._layout = frame.layout.name
+            self._resampler = av.AudioResampler(format="fltp", layout=self._layout, rate=self.rate)
+        out = [f.to_ndarray().mean(axis=0) for f in self._resampler.resample(frame)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)
 
 
 async def read_audio(track: MediaStreamTrack, ring: AudioRing, on_frame: Callable[[], None]) -> None:

@@ -1,0 +1,234 @@
+"""Unit tests: buffers, resampling, outbound tracks, configuration, ICE restriction, the
+pipeline interface."""
+from __future__ import annotations
+
+import asyncio
+
+import aioice.ice
+import av
+import numpy as np
+import pytest
+
+from pipelines import PIPELINES
+from pipelines.base import OptionError, Pipeline
+from server.config import parse_settings
+from server.ice import restrict_ice_hosts
+from tracks.buffers import AudioOverrun, AudioRing, LatestFrame
+from tracks.inbound import AudioResampler
+from tracks.outbound import FRAME_SAMPLES, OUT_RATE, SpeechAudioTrack, SynthVideoTrack, resample
+
+
+# --- AudioRing -----------------------------------------------------------------------------------
+def test_ring_keeps_absolute_sample_clock_across_wraparound():
+    ring = AudioRing(seconds=1.0, sample_rate=100)  # capacity 100 samples
+    data = np.arange(250, dtype=np.float32)
+    for chunk in np.array_split(data, 7):
+        ring.write(chunk)
+    assert ring.end == 250 and ring.start == 150
+    np.testing.assert_array_equal(ring.read(160, 250), data[160:250])
+    np.testing.assert_array_equal(ring.latest(30), data[220:250])
+    with pytest.raises(AudioOverrun):
+        ring.read(149, 160)
+    with pytest.raises(ValueError):
+        ring.read(240, 251)
+
+
+def test_ring_write_larger_than_capacity_keeps_the_newest():
+    ring = AudioRing(seconds=1.0, sample_rate=100)
+    ring.write(np.arange(5, dtype=np.float32))
+    ring.write(np.arange(1000, 1300, dtype=np.float32))
+    assert ring.end == 305
+    np.testing.assert_array_equal(ring.read(205, 305), np.arange(1200, 1300))
+
+
+async def test_ring_wait_for_wakes_when_samples_arrive():
+    ring = AudioRing(seconds=1.0, sample_rate=100)
+    waiter = asyncio.create_task(ring.wait_for(30))
+    ring.write(np.zeros(20, np.float32))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    ring.write(np.zeros(20, np.float32))
+    await asyncio.wait_for(waiter, 1)
+
+
+def test_latest_frame_counts_frames_replaced_unread():
+    drops = []
+    latest = LatestFrame(on_drop=lambda: drops.append(1))
+    latest.put("a")
+    latest.put("b")  # "a" never read
+    assert latest.take() == "b"
+    latest.put("c")
+    assert latest.dropped == 1 and len(drops) == 1 and latest.received == 3
+    assert latest.take() == "c" and latest.take() == "c"
+
+
+# --- resampling ----------------------------------------------------------------------------------
+def _tone(freq, rate, seconds=1.0):
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _peak_hz(x, rate):
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.argmax(spectrum) * rate / len(x)
+
+
+@pytest.mark.parametrize("rate,layout", [(48000, "stereo"), (44100, "mono"), (8000, "mono"), (16000, "stereo")])
+def test_inbound_resampler_gives_16k_mono_float(rate, layout):
+    tone = _tone(440, rate)
+    channels = 2 if layout == "stereo" else 1
+    pcm = (np.repeat(tone[None, :], channels, axis=0) * 32767).astype(np.int16)
+    resampler = AudioResampler()
+    out = []
+    for start in range(0, len(tone), rate // 50):  # 20 ms frames, as WebRTC delivers them
+        chunk = pcm[:, start:start + rate // 50]
+        frame = av.AudioFrame.from_ndarray(chunk.T.reshape(1, -1).copy(), format="s16", layout=layout)
+        frame.sample_rate = rate
+        out.append(resampler(frame))
+    out = np.concatenate(out)
+    assert out.dtype == np.float32
+    assert abs(len(out) - 16000) < 400  # 1 s, give or take the resampler's delay
+    assert abs(_peak_hz(out, 16000) - 440) < 3
+    assert 0.3 < np.abs(out[2000:]).max() < 0.6
+
+
+def test_outbound_resample_keeps_pitch_and_length():
+    out = resample(_tone(1000, 16000), 16000, 48000)
+    assert len(out) == 48000
+    assert abs(_peak_hz(out, 48000) - 1000) < 3
+
+
+# --- outbound tracks -----------------------------------------------------------------------------
+async def test_speech_track_plays_queue_back_to_back_then_silence():
+    track = SpeechAudioTrack(max_seconds=2.0)
+    assert track.push_audio(np.full(8000, 0.5, np.float32), 16000)  # 0.5 s
+    assert track.push_audio(np.full(1600, -0.5, np.float32), 16000)  # 0.1 s
+    assert not track.push_audio(np.zeros(40000, np.float32), 16000)  # would overflow: refused whole
+    frames = [await track.recv() for _ in range(40)]  # 0.8 s
+    pts = [f.pts for f in frames]
+    assert pts == [i * FRAME_SAMPLES for i in range(40)]
+    assert all(f.sample_rate == OUT_RATE and f.samples == FRAME_SAMPLES for f in frames)
+    pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32) / 32767
+    assert np.all(pcm[100:23900] > 0.45)  # first push: 0.5 s at 48 kHz, no gap
+    assert np.all(pcm[24100:28700] < -0.45)  # second push right after it
+    assert np.all(np.abs(pcm[29000:]) < 0.01)  # then silence
+    assert track.queued_seconds == 0
+
+
+async def test_speech_track_paces_itself_in_real_time():
+    track = SpeechAudioTrack()
+    loop = asyncio.get_running_loop()
+    await track.recv()
+    t0 = loop.time()
+    for _ in range(10):
+        await track.recv()
+    assert 0.17 < loop.time() - t0 < 0.35  # 10 frames of 20 ms
+
+
+async def test_speech_track_clear_buffer():
+    track = SpeechAudioTrack()
+    track.push_audio(np.full(16000, 0.5, np.float32), 16000)
+    track.clear_buffer()
+    frame = await track.recv()
+    assert np.all(frame.to_ndarray() == 0)
+
+
+async def test_video_track_shows_camera_or_card_with_overlay_at_fixed_rate():
+    camera = LatestFrame()
+    lines = ["voice: female 90%"]
+    track = SynthVideoTrack(camera, lambda: lines, fps=25)
+    card = (await track.recv()).to_ndarray(format="bgr24")
+    assert card.shape == (360, 640, 3)
+    image = np.full((240, 320, 3), 200, np.uint8)
+    camera.put(av.VideoFrame.from_ndarray(image, format="bgr24"))
+    frame = await track.recv()
+    out = frame.to_ndarray(format="bgr24")
+    assert out.shape == (240, 320, 3)
+    assert out[5:25, 5:60].mean() < 190  # the overlay box darkens the top-left
+    assert abs(out[200:, 200:].astype(float).mean() - 200) < 3  # the rest is the camera picture
+    t0 = asyncio.get_running_loop().time()
+    for _ in range(10):
+        last = await track.recv()
+    assert 0.3 < asyncio.get_running_loop().time() - t0 < 0.6
+    assert last.pts - frame.pts == 10 * 3600
+
+
+# --- configuration -------------------------------------------------------------------------------
+def test_settings_from_flags_and_environment():
+    s = parse_settings(["--port", "9000", "--ice-host", "127.0.0.1", "--ice-host", "::1",
+                        "--pipelines", "gender", "--device", "cuda"], environ={})
+    assert s.port == 9000 and s.ice_hosts == ["127.0.0.1", "::1"] and s.pipelines == ["gender"]
+    assert s.device == "cuda"
+    env = {"MMS_PORT": "9100", "MMS_ICE_HOSTS": "127.0.0.1", "MMS_MAX_SESSIONS": "3",
+           "MMS_STUN": "stun:a:3478,stun:b:3478", "MMS_LOG_LEVEL": "debug"}
+    s = parse_settings([], environ=env)
+    assert (s.port, s.ice_hosts, s.max_sessions, s.log_level) == (9100, ["127.0.0.1"], 3, "DEBUG")
+    assert s.stun == ["stun:a:3478", "stun:b:3478"]
+    assert parse_settings(["--port", "1"], environ=env).port == 1  # flags win over the environment
+    with pytest.raises(SystemExit):
+        parse_settings(["--device", "tpu"], environ={})
+
+
+# --- ICE restriction -----------------------------------------------------------------------------
+async def test_ice_restriction_gathers_only_given_hosts():
+    try:
+        restrict_ice_hosts(["127.0.0.1"])
+        conn = aioice.ice.Connection(ice_controlling=True)
+        await conn.gather_candidates()
+        assert {c.host for c in conn.local_candidates} == {"127.0.0.1"}
+        # A remote candidate elsewhere, or an mDNS name, is never checked.
+        for host in ("10.1.2.3", "abcd.local", "127.0.0.1"):
+            await conn.add_remote_candidate(aioice.Candidate(
+                foundation="1", component=1, transport="udp", priority=1, host=host, port=9, type="host"))
+        assert [c.host for c in conn.remote_candidates] == ["127.0.0.1"]
+        await conn.close()
+        restrict_ice_hosts([])
+        assert aioice.ice.get_host_addresses is not None
+        with pytest.raises(ValueError):
+            restrict_ice_hosts(["not-an-address"])
+    finally:
+        restrict_ice_hosts(["127.0.0.1"])
+
+
+# --- pipeline interface --------------------------------------------------------------------------
+class EchoPipeline(Pipeline):
+    name = "echo-test"
+    defaults = {"gain": 1.0}
+    loads = 0
+
+    @classmethod
+    def load_shared(cls, settings):
+        cls.loads += 1
+        return object()
+
+    def validate(self, options):
+        if options["gain"] < 0:
+            raise OptionError("gain must be >= 0")
+
+    async def run(self):
+        await asyncio.Event().wait()
+
+
+def test_pipeline_options_merge_and_validate():
+    p = EchoPipeline(session=None, options={"gain": 2.0})
+    assert p.options == {"gain": 2.0}
+    with pytest.raises(OptionError, match="unknown option"):
+        p.configure({"volume": 1})
+    with pytest.raises(OptionError, match=">= 0"):
+        p.configure({"gain": -1})
+    assert p.options == {"gain": 2.0}  # a rejected change leaves the options as they were
+
+
+def test_shared_models_load_once_per_process_and_key():
+    from concurrent.futures import ThreadPoolExecutor
+    from server.config import Settings
+    settings = Settings()
+    with ThreadPoolExecutor(8) as pool:
+        shared = list(pool.map(lambda _: EchoPipeline.shared(settings), range(16)))
+    assert EchoPipeline.loads == 1 and all(s is shared[0] for s in shared)
+    EchoPipeline.shared(Settings(device="cuda"))
+    assert EchoPipeline.loads == 2
+
+
+def test_registry_names_match_classes():
+    assert PIPELINES and all(name == cls.name and issubclass(cls, Pipeline) for name, cls in PIPELINES.items())
