@@ -66,8 +66,13 @@ class MediaServer:
         self._background.append(loop.create_task(self.metrics.monitor_loop_lag(), name="loop-lag"))
         # Load the default pipelines' models now, so the first visitor doesn't wait for them.
         for name in self.settings.pipelines:
-            self._background.append(loop.create_task(asyncio.to_thread(PIPELINES[name].shared, self.settings),
-                                                     name=f"preload-{name}"))
+            self._background.append(loop.create_task(self._preload(name), name=f"preload-{name}"))
+
+    async def _preload(self, name: str) -> None:
+        try:
+            await asyncio.to_thread(PIPELINES[name].shared, self.settings)
+        except Exception:  # sessions will retry and report the error on their data channel
+            log.exception("could not load the models of pipeline %s", name)
 
     async def _on_shutdown(self, app) -> None:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)

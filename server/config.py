@@ -47,38 +47,28 @@ def parse_settings(argv: list[str] | None = None, environ: dict[str, str] | None
     environ = os.environ if environ is None else environ
     defaults = Settings()
     parser = argparse.ArgumentParser(description="Real-time multimodal AI media server (WebRTC).")
+    fallback = {}  # list settings: the environment's value, or the default, when no flag is given
     for f in dataclasses.fields(Settings):
         if f.name not in _ENV:
             continue
         env_name, help_text = _ENV[f.name]
-        default = getattr(defaults, f.name)
-        flag = "--" + ("ice-host" if f.name == "ice_hosts" else f.name.replace("_", "-"))
-        raw = environ.get(env_name)
-        if isinstance(default, list):
-            env_value = [v.strip() for v in raw.split(",") if v.strip()] if raw else None
-            if f.name == "pipelines":
-                parser.add_argument(flag, type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
-                                    default=env_value if env_value is not None else default,
-                                    help=f"{help_text} [env {env_name}]")
-            else:
-                parser.add_argument(flag, dest=f.name, action="append", default=None,
-                                    help=f"{help_text} [env {env_name}]")
-                parser.set_defaults(**{f"_env_{f.name}": env_value if env_value is not None else default})
+        default, raw = getattr(defaults, f.name), environ.get(env_name)
+        flag = "--ice-host" if f.name == "ice_hosts" else "--" + f.name.replace("_", "-")
+        if isinstance(default, list):  # repeatable flag, or comma-separated
+            fallback[f.name] = [v.strip() for v in raw.split(",") if v.strip()] if raw else default
+            parser.add_argument(flag, dest=f.name, action="append", help=f"{help_text} [env {env_name}]")
         else:
-            kind = type(default)
-            parser.add_argument(flag, dest=f.name, type=kind,
-                                default=kind(raw) if raw is not None else default,
+            parser.add_argument(flag, dest=f.name, type=type(default),
+                                default=type(default)(raw) if raw is not None else default,
                                 help=f"{help_text} [env {env_name}, default {default}]")
-    ns = vars(parser.parse_args(argv))
-    values = {}
-    for f in dataclasses.fields(Settings):
-        if f.name in ns:
-            value = ns[f.name]
-            if value is None and f"_env_{f.name}" in ns:
-                value = ns[f"_env_{f.name}"]
-            values[f.name] = value
+    values = vars(parser.parse_args(argv))
+    for name, value in fallback.items():
+        given = values[name]
+        values[name] = [v.strip() for item in given for v in item.split(",") if v.strip()] if given else value
     settings = Settings(**values)
     if settings.device not in ("cpu", "cuda") and not settings.device.startswith("cuda:"):
         parser.error(f"--device must be cpu or cuda, not {settings.device!r}")
+    if settings.gender_backend not in ("pitch", "wav2vec2"):
+        parser.error(f"--gender-backend must be pitch or wav2vec2, not {settings.gender_backend!r}")
     settings.log_level = settings.log_level.upper()
     return settings
