@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from pathlib import Path
@@ -98,6 +97,10 @@ class MediaServer:
             "pipelines": {name: {"description": cls.description, "defaults": cls.defaults}
                           for name, cls in PIPELINES.items()},
             "default_pipelines": self.settings.pipelines,
+            # The page configures its RTCPeerConnection with these (TURN for clients behind NAT).
+            "ice_servers": [{k: v for k, v in (("urls", i.urls), ("username", i.username),
+                                               ("credential", i.credential)) if v}
+                            for i in self.rtc_configuration.iceServers],
             "event_loop_lag_ms": self.metrics.lag_percentiles_ms(),
         })
 

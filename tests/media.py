@@ -67,8 +67,8 @@ def write_y4m(path: str | Path, frames: list[np.ndarray], fps: int = 25) -> Path
         for image in frames:
             yuv = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
             f.write(b"FRAME\n")
-            for plane, h in zip(yuv.planes, (height, height // 2, height // 2)):
-                w = width if plane is yuv.planes[0] else width // 2
+            for index, plane in enumerate(yuv.planes):
+                h, w = (height, width) if index == 0 else (height // 2, width // 2)
                 data = np.frombuffer(plane, dtype=np.uint8).reshape(h, plane.line_size)[:, :w]
                 f.write(data.tobytes())
     return Path(path)

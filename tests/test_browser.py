@@ -1,0 +1,199 @@
+"""End to end: the web page (static/) in headless Chromium against an in-process server.
+
+Chromium's fake camera and microphone play files made on the spot (espeak-ng speech, a y4m test
+pattern); ICE runs on 127.0.0.1 only (the server is restricted to it, Chromium is allowed loopback).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from playwright import async_api
+
+from tests.media import espeak, write_y4m
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (make installs it); never a downloaded browser
+
+LOOPBACK = "127.0.0.1"
+RESULT_TIMEOUT_MS = 30_000
+
+
+def pattern_y4m(path: Path, width: int = 320, height: int = 240, frames: int = 25) -> Path:
+    """A moving colour gradient with a white square, for Chromium's fake camera."""
+    images = []
+    for i in range(frames):
+        img = np.zeros((height, width, 3), dtype=np.uint8)
+        img[..., 0] = (np.arange(width)[None, :] + i * 8) % 256
+        img[..., 1] = np.arange(height)[:, None] * 255 // height
+        img[..., 2] = 96
+        x = (i * 10) % (width - 40)
+        img[100:140, x:x + 40] = 255
+        images.append(img)
+    write_y4m(path, images)
+    header = len(f"YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n")
+    # A torn file would give Chromium misaligned frames and end its fake camera early.
+    assert path.stat().st_size == header + frames * (len(b"FRAME\n") + width * height * 3 // 2)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(tmp_path: Path, wav: Path, y4m: Path):
+    """A page in a fresh headless Chromium profile whose camera and microphone are the files."""
+    args = [
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}", f"--use-file-for-fake-video-capture={y4m}",
+        "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
+    ]
+    async with async_api.async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=args,
+            viewport={"width": 1280, "height": 900})
+        try:
+            page = context.pages[0] if context.pages else await context.new_page()
+            page.console_messages_seen = []
+            page.on("console", lambda m: page.console_messages_seen.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: page.console_messages_seen.append(f"pageerror: {e}"))
+            yield page
+        finally:
+            await context.close()
+
+
+async def open_page(page, url: str) -> None:
+    await page.goto(url)
+    await page.wait_for_selector("#pipeline-gender")  # /health answered and was listed
+    assert await page.is_checked("#pipeline-gender")  # a default pipeline
+    assert await page.is_enabled("#start")
+
+
+async def wait_sessions(server, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(server.sessions) != count:
+        assert time.monotonic() < deadline, f"server has {len(server.sessions)} sessions, expected {count}"
+        await asyncio.sleep(0.1)
+
+
+def server_pair(session) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """(local, remote) addresses of the server's nominated ICE pair."""
+    for transceiver in session.pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is None:
+            continue
+        for pair in transport.transport._connection._nominated.values():
+            return pair.local_addr, pair.remote_addr
+    return None
+
+
+async def run_voice(page, server, expected: str) -> dict:
+    """Start a session, wait for a gender result and media; check the network path; stop."""
+    await page.click("#start")
+    await page.wait_for_function(
+        "document.querySelector('#result-gender') && document.querySelector('#result-gender').dataset.label",
+        timeout=RESULT_TIMEOUT_MS)
+    text = await page.text_content("#result-gender")
+    assert text.split()[0] == expected, f"expected {expected!r}, page shows {text!r}"
+    assert text.strip().endswith("%")
+
+    # Returned video decoded, the selected candidate pair known, a ping answered.
+    await page.wait_for_function(
+        "window.mmsStats.framesDecoded > 20 && window.mmsStats.selectedPair"
+        " && window.mmsStats.selectedPair.local && window.mmsStats.rttMs !== null", timeout=15_000)
+    stats = await page.evaluate("window.mmsStats")
+    assert stats["state"] == "connected"
+    assert await page.text_content("#status") == "connected"
+    pair = stats["selectedPair"]
+    assert pair["local"]["address"] == LOOPBACK, pair
+    assert pair["remote"]["address"] == LOOPBACK, pair
+    assert stats["eventCounts"].get("ready") == 1
+    assert stats["eventCounts"].get("gender", 0) >= 1
+    assert stats["eventCounts"].get("pong", 0) >= 1
+
+    # The server agrees: one session, the one the page shows, over loopback on both ends.
+    assert len(server.sessions) == 1
+    (session_id, session), = server.sessions.items()
+    assert stats["sessionId"] == session_id
+    assert await page.text_content("#session-id") == session_id
+    local, remote = server_pair(session)
+    assert local[0] == LOOPBACK and remote[0] == LOOPBACK, (local, remote)
+    assert (remote[1], local[1]) == (pair["local"]["port"], pair["remote"]["port"])
+    return stats
+
+
+async def stop_and_check_closed(page, server) -> None:
+    await page.click("#stop")
+    assert await page.text_content("#status") == "closed"
+    assert await page.is_enabled("#start")
+    await wait_sessions(server, 0, timeout=5)  # the close itself, well before the 10 s heartbeat timeout
+
+
+async def test_female_voice(media_server, tmp_path):
+    wav, y4m = espeak("en+f3"), pattern_y4m(tmp_path / "pattern.y4m")
+    async with chromium_page(tmp_path, wav, y4m) as page:
+        await open_page(page, media_server.url)
+        await run_voice(page, media_server.server, "female")
+        await page.screenshot(path="/tmp/page.png", full_page=True)
+        # Text goes over the data channel (the gender pipeline ignores it; no error comes back).
+        await page.fill("#text-input", "hello")
+        await page.press("#text-input", "Enter")
+        await page.wait_for_function("document.querySelector('#log').textContent.includes('sent text: hello')")
+        await stop_and_check_closed(page, media_server.server)
+        errors = [m for m in page.console_messages_seen if m.startswith("pageerror")]
+        assert not errors, errors
+
+
+async def test_male_voice_without_camera(media_server, tmp_path):
+    """A male voice, and no camera: the page falls back to audio only with a receive-only video
+    transceiver, so the server's returned video (its placeholder card) still arrives."""
+    wav, y4m = espeak("en"), pattern_y4m(tmp_path / "pattern.y4m")
+    async with chromium_page(tmp_path, wav, y4m) as page:
+        await page.add_init_script("""
+            const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+            navigator.mediaDevices.getUserMedia = (c) => c && c.video
+                ? Promise.reject(new DOMException('Requested device not found', 'NotFoundError'))
+                : real(c);
+        """)
+        await open_page(page, media_server.url)
+        await run_voice(page, media_server.server, "male")
+        log = await page.text_content("#log")
+        assert "no camera: sending audio only" in log
+        assert "(no camera)" in await page.text_content("#local-note")
+        await stop_and_check_closed(page, media_server.server)
+
+
+async def test_refused_offer_is_shown(settings, media_server, tmp_path):
+    """The server's JSON error reaches the user: a 400 for an unknown pipeline (the request is
+    rewritten on its way), then a 503 from a full server (max_sessions 0)."""
+    settings.max_sessions = 0
+    wav, y4m = espeak("en+f3"), pattern_y4m(tmp_path / "pattern.y4m")
+    async with chromium_page(tmp_path, wav, y4m) as page:
+        await open_page(page, media_server.url)
+
+        async def unknown_pipeline(route):
+            body = route.request.post_data_json
+            assert body["type"] == "offer" and body["pipelines"] == ["gender"] and "v=0" in body["sdp"]
+            body["pipelines"] = ["no-such-pipeline"]
+            await route.continue_(post_data=json.dumps(body))
+
+        await page.route("**/offer", unknown_pipeline)
+        await page.click("#start")
+        await page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+        error = await page.text_content("#error")
+        assert "HTTP 400" in error and "unknown pipeline" in error and "no-such-pipeline" in error, error
+        assert await page.text_content("#status") == "failed"
+        assert await page.is_enabled("#start") and not await page.is_enabled("#stop")
+        await page.unroute("**/offer")
+
+        await page.click("#start")
+        await page.wait_for_function(
+            "document.querySelector('#error').textContent.includes('503')", timeout=15_000)
+        error = await page.text_content("#error")
+        assert "server is full" in error, error
+        assert await page.text_content("#status") == "failed"
+        assert "server is full" in await page.text_content("#log")
+        assert media_server.server.sessions == {}
