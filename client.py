@@ -26,6 +26,8 @@ from aiortc.contrib.media import MediaBlackhole, MediaPlayer, MediaRecorder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
+from tracks.outbound import Pacer
+
 
 class ArrayAudioTrack(MediaStreamTrack):
     """Plays a mono float array in real time as 20 ms frames (optionally looping, then silence)."""
@@ -39,16 +41,12 @@ class ArrayAudioTrack(MediaStreamTrack):
         self.loop = loop
         self.step = sample_rate // 50
         self.pos = 0
-        self.start: float | None = None
+        self.pacer = Pacer(sample_rate)
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self.start is None:
-            self.start = time.monotonic()
-        delay = self.start + self.pos / self.rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await self.pacer.wait(self.pos)
         n = len(self.pcm)
         idx = np.arange(self.pos, self.pos + self.step)
         chunk = self.pcm[idx % n] if self.loop else np.where(idx < n, self.pcm[np.minimum(idx, n - 1)], 0)
@@ -70,16 +68,12 @@ class PatternVideoTrack(MediaStreamTrack):
         self.width, self.height, self.fps = width, height, fps
         self.image = image
         self.count = 0
-        self.start: float | None = None
+        self.pacer = Pacer(fps)
 
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self.start is None:
-            self.start = time.monotonic()
-        delay = self.start + self.count / self.fps - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await self.pacer.wait(self.count)
         if self.image is not None:
             img = self.image
         else:

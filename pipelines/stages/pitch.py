@@ -35,11 +35,12 @@ def yin(samples: np.ndarray, sample_rate: int = 16000, fmin: float = 60.0, fmax:
     cum = np.cumsum(d[:, 1:], axis=1) / np.arange(1, tau_max + 1)
     cmnd = np.ones_like(d)
     cmnd[:, 1:] = d[:, 1:] / np.maximum(cum, 1e-12)
-    # First local minimum below the threshold in [tau_min, tau_max]; else the global minimum.
+    # First local minimum below the threshold in [tau_min, tau_max); else the global minimum.
+    # A local minimum against both neighbours, also at the ends of the range: a dip that is still
+    # falling at tau_min (F0 above fmax) or at tau_max is not a period.
     search = cmnd[:, tau_min:tau_max]
     below = search < threshold
-    is_min = np.ones_like(below)
-    is_min[:, :-1] = search[:, :-1] <= search[:, 1:]
+    is_min = (search <= cmnd[:, tau_min - 1:tau_max - 1]) & (search <= cmnd[:, tau_min + 1:tau_max + 1])
     candidates = below & is_min
     has = candidates.any(axis=1)
     first = np.where(has, candidates.argmax(axis=1), search.argmin(axis=1))
@@ -52,6 +53,10 @@ def yin(samples: np.ndarray, sample_rate: int = 16000, fmin: float = 60.0, fmax:
     shift = np.where(np.abs(denom) > 1e-12, 0.5 * (a - c) / np.where(denom == 0, 1, denom), 0.0)
     period = t + np.clip(shift, -1, 1)
     aperiodicity = cmnd[rows, tau]
-    silent = sq[:, -1] < 1e-7 * n
+    # Unvoiced: a silent frame, or one whose integration window is (near) silent while sound only
+    # starts later in the frame (an onset after digital silence): there d(tau) is ~0 for every
+    # small tau and d' would report a perfect period at tau_min.
+    reference = sq[:, w] / w - (frames[:, :w].mean(axis=1)) ** 2  # its variance: no DC offset
+    silent = (sq[:, -1] < 1e-7 * n) | (reference < np.maximum(1e-7, 0.05 * sq[:, -1] / n))
     f0 = np.where(has & ~silent, sample_rate / period, 0.0)
     return f0, np.where(silent, 1.0, aperiodicity)
