@@ -3,6 +3,7 @@ pipeline interface."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aioice.ice
 import av
@@ -232,3 +233,15 @@ def test_shared_models_load_once_per_process_and_key():
 
 def test_registry_names_match_classes():
     assert PIPELINES and all(name == cls.name and issubclass(cls, Pipeline) for name, cls in PIPELINES.items())
+
+
+async def test_video_track_skips_missed_frames_instead_of_bursting():
+    track = SynthVideoTrack(LatestFrame(), lambda: [], fps=25)
+    first = await track.recv()
+    time.sleep(0.5)  # the loop was starved for 12 frame periods
+    late = await track.recv()
+    assert late.pts - first.pts >= 11 * 3600  # jumped to the present
+    t0 = asyncio.get_running_loop().time()
+    nxt = await track.recv()
+    assert nxt.pts - late.pts == 3600
+    assert asyncio.get_running_loop().time() - t0 > 0.02  # paced again, not a burst

@@ -49,6 +49,12 @@ class Pacer:
         if delay > 0:
             await asyncio.sleep(delay)
 
+    def behind(self, timestamp: int) -> float:
+        """Seconds by which ``timestamp`` is already late."""
+        if self.start is None:
+            return 0.0
+        return time.monotonic() - (self.start + timestamp / self.clock_rate)
+
 
 class SpeechAudioTrack(MediaStreamTrack):
     kind = "audio"
@@ -177,13 +183,18 @@ class SynthVideoTrack(MediaStreamTrack):
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        step = int(VIDEO_CLOCK / self.fps)
+        late = self._pacer.behind(self._pts)
+        if late > 2 / self.fps:
+            # Starved of CPU: skip the missed frames rather than encode a burst of repeats.
+            self._pts += int(late * self.fps) * step
         await self._pacer.wait(self._pts)
         # Colour conversion and drawing release the GIL: keep them off the event loop.
         image = await asyncio.get_running_loop().run_in_executor(None, self._compose)
         frame = VideoFrame.from_ndarray(image, format="bgr24")
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-        self._pts += int(VIDEO_CLOCK / self.fps)
+        self._pts += step
         self.sent += 1
         if self.on_frame:
             self.on_frame()

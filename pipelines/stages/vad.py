@@ -5,7 +5,8 @@ the model is shared by every session without locks (onnxruntime's ``run`` is thr
 """
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -20,7 +21,10 @@ class SileroVAD:
         opts = onnxruntime.SessionOptions()
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = threads
-        path = resources.files("silero_vad.data").joinpath("silero_vad.onnx")
+        # Find the wheel's file without importing silero_vad, whose __init__ imports torch
+        # (seconds of start-up holding the GIL, and ~650 MB) though only onnxruntime is used.
+        package = importlib.util.find_spec("silero_vad").submodule_search_locations[0]
+        path = Path(package) / "data" / "silero_vad.onnx"
         self.session = onnxruntime.InferenceSession(str(path), sess_options=opts,
                                                     providers=["CPUExecutionProvider"])
 
