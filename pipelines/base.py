@@ -10,7 +10,10 @@ given (see ``server/session.py``):
              session.set_overlay(name, [lines])      text drawn on the returned video
              session.audio_out.push_audio(x, rate)   speech on the returned audio track
              session.video_out.source = callable     replace the returned video's picture
-             session.observe_inference(stage, s)     a latency sample for /metrics
+             session.observe_inference(name, stage, s)   a latency sample for /metrics
+    between  session.publish(topic, item) / session.subscribe(topic) -> bounded asyncio.Queue
+             pipelines of one session (e.g. "transcript" from recognition to emotion)
+    HTTP     routes(server): extra endpoints (REST, WebSocket), registered at start-up
 
 To add a pipeline: one file in ``pipelines/`` with a subclass, one line in ``pipelines/__init__.py``.
 """
@@ -60,6 +63,12 @@ class Pipeline(abc.ABC):
             if key not in Pipeline._shared:
                 Pipeline._shared[key] = cls.load_shared(settings)
             return Pipeline._shared[key]
+
+    @classmethod
+    def routes(cls, server) -> list:
+        """Extra HTTP routes (``aiohttp.web.RouteDef``) this pipeline serves, e.g. a REST API.
+        ``server`` is the ``MediaServer`` (settings, metrics, sessions)."""
+        return []
 
     # --- per session ---------------------------------------------------------------------------
     def configure(self, options: dict[str, Any]) -> None:

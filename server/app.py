@@ -56,6 +56,8 @@ class MediaServer:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_static("/static", STATIC)
+        for cls in PIPELINES.values():
+            app.router.add_routes(cls.routes(self))
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app

@@ -47,6 +47,7 @@ class Session:
         self.pipelines: dict[str, Pipeline] = {}
         self.channel = None
         self._overlays: dict[str, list[str]] = {}
+        self._subscribers: dict[str, list[asyncio.Queue]] = {}
         self._unsent: deque[str] = deque(maxlen=64)  # events emitted before the channel opened
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -177,6 +178,20 @@ class Session:
 
     def emit_error(self, pipeline: str | None, message: str) -> None:
         self.emit("error", pipeline=pipeline, message=message)
+
+    def publish(self, topic: str, item: Any) -> None:
+        """Hand an item to the session's other pipelines (e.g. "transcript" from speech
+        recognition to the emotion pipeline). Never blocks: a slow subscriber loses its oldest."""
+        for queue in self._subscribers.get(topic, ()):
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(item)
+
+    def subscribe(self, topic: str, maxsize: int = 32) -> asyncio.Queue:
+        """A bounded queue that receives every item later published on ``topic``."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize)
+        self._subscribers.setdefault(topic, []).append(queue)
+        return queue
 
     def set_overlay(self, name: str, lines: list[str]) -> None:
         self._overlays[name] = lines

@@ -114,12 +114,27 @@
     }
     log('info', `server ok: ${Object.keys(health.pipelines || {}).length} pipeline(s), ` +
         `${health.sessions}/${health.max_sessions} sessions, device ${health.device}`);
+    await Promise.all(Object.keys(health.pipelines || {}).map(loadPipelineUi));
     updateControls();
+  }
+
+  // Each pipeline may ship its own UI as static/pipelines/<name>.js, an ES module whose default
+  // export is called with the page API (window.mms) once; it registers renderers for its event
+  // types in mms.renderers and may add controls with mms.panel(name). None: generic cards.
+  async function loadPipelineUi(name) {
+    try {
+      const module = await import(`/static/pipelines/${encodeURIComponent(name)}.js`);
+      if (typeof module.default === 'function') module.default(window.mms);
+    } catch (err) {
+      // No UI module for this pipeline (404) or a broken one: its events use the generic card.
+      if (!String(err).includes('Failed to fetch')) log('error', `UI of ${name}: ${errorText(err)}`);
+    }
   }
 
   function pipelineEntry(name, info, checked) {
     const box = document.createElement('div');
     box.className = 'pipeline-entry';
+    box.id = `entry-${name}`;
     const label = document.createElement('label');
     label.className = 'pipeline-label';
     const input = document.createElement('input');
@@ -529,14 +544,11 @@
         log('info', `config ${msg.pipeline}: ${JSON.stringify(msg.options)}`, msg.t);
         syncOptions(msg.pipeline, msg.options || {});
         return;
-      case 'gender':
-        renderGender(msg);
-        log('event', `gender ${msg.label} ${percent(msg.score)}` +
-            (msg.f0_hz ? ` f0 ${msg.f0_hz} Hz` : '') + (msg.backend ? ` (${msg.backend})` : ''), msg.t);
-        return;
-      default:
-        renderGeneric(type, msg);
-        log('event', `${type} ${summary(msg)}`, msg.t);
+      default: {
+        const render = mms.renderers[type];
+        const line = render ? render(msg) : renderGeneric(type, msg);
+        log('event', typeof line === 'string' ? line : `${type} ${summary(msg)}`, msg.t);
+      }
     }
   }
 
@@ -624,6 +636,7 @@
     box.append(title, value, meter, detail, err);
     el.results.append(box);
     el.resultsEmpty.hidden = true;
+    if (mms.cardSetup[name]) mms.cardSetup[name](box);
     return box;
   }
 
@@ -632,27 +645,6 @@
     const err = box.querySelector('.card-error');
     err.textContent = message;
     err.hidden = false;
-  }
-
-  function renderGender(msg) {
-    const box = card('gender');
-    const value = box.querySelector('.value');
-    delete value.dataset.waiting;
-    value.dataset.label = msg.label;
-    value.textContent = `${msg.label} ${percent(msg.score)}`;
-    const meter = box.querySelector('.meter');
-    meter.hidden = false;
-    // The bar shows P(female): full left = female, full right = male.
-    const pFemale = msg.label === 'female' ? msg.score : 1 - msg.score;
-    meter.firstElementChild.style.width = `${Math.max(0, Math.min(1, pFemale)) * 100}%`;
-    meter.title = `P(female) ${percent(pFemale)}`;
-    const parts = [];
-    if (msg.f0_hz) parts.push(`pitch ${msg.f0_hz} Hz`);
-    if (msg.speech_seconds !== undefined) parts.push(`${msg.speech_seconds}s speech`);
-    if (msg.latency_ms !== undefined) parts.push(`${msg.latency_ms} ms`);
-    if (msg.backend) parts.push(msg.backend);
-    box.querySelector('.detail').textContent = parts.join(' · ');
-    box.querySelector('.card-error').hidden = true;
   }
 
   function renderGeneric(type, msg) {
@@ -711,6 +703,18 @@
     }
     if (!run.stopped || final) el.frames.textContent = String(stats.framesDecoded);
   }
+
+  // --- the API pipeline UI modules get (static/pipelines/<name>.js) ------------------------------
+  // renderers: event type -> fn(msg) that renders it (and may return its log line);
+  // cardSetup: pipeline -> fn(cardElement), called whenever its result card is (re)created, to add
+  // custom content; controls(name): the pipeline's entry in the Pipelines list (for controls
+  // needed before Start); card(name): the result card (.value, .meter, .detail, .card-error);
+  // send(msg): a data-channel message; log(level, text, t); session(): {id, pipelines} or null.
+  const mms = window.mms = {
+    renderers: {}, cardSetup: {}, card, log, send, percent, summary,
+    controls: (name) => document.getElementById(`entry-${name}`),
+    session: () => (current && !current.stopped ? {id: current.sessionId, pipelines: current.pipelines} : null),
+  };
 
   // --- wiring -----------------------------------------------------------------------------------
   el.start.addEventListener('click', () => { start(); });

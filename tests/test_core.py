@@ -242,6 +242,25 @@ async def test_video_track_skips_missed_frames_instead_of_bursting():
     late = await track.recv()
     assert late.pts - first.pts >= 11 * 3600  # jumped to the present
     t0 = asyncio.get_running_loop().time()
-    nxt = await track.recv()
-    assert nxt.pts - late.pts == 3600
-    assert asyncio.get_running_loop().time() - t0 > 0.02  # paced again, not a burst
+    frames = [await track.recv() for _ in range(5)]
+    assert [f.pts - late.pts for f in frames] == [3600 * i for i in range(1, 6)]
+    assert asyncio.get_running_loop().time() - t0 > 0.15  # paced again, not a burst of 12
+
+
+async def test_session_bus_is_bounded_and_fans_out():
+    from server.session import Session
+
+    class Bus:  # only the bus part of a Session
+        publish = Session.publish
+        subscribe = Session.subscribe
+
+        def __init__(self):
+            self._subscribers = {}
+
+    bus = Bus()
+    bus.publish("transcript", "nobody listens")  # no subscribers: dropped, no error
+    a, b = bus.subscribe("transcript", maxsize=2), bus.subscribe("transcript", maxsize=2)
+    for i in range(3):
+        bus.publish("transcript", i)
+    assert [a.get_nowait(), a.get_nowait()] == [1, 2]  # the oldest was dropped, never blocked
+    assert b.qsize() == 2 and bus.subscribe("other").empty()
