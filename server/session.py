@@ -49,6 +49,7 @@ class Session:
         self._overlays: dict[str, list[str]] = {}
         self._subscribers: dict[str, list[asyncio.Queue]] = {}
         self._unsent: deque[str] = deque(maxlen=64)  # events emitted before the channel opened
+        self._ready_sent = False
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
         self.closed = asyncio.Event()
@@ -116,7 +117,9 @@ class Session:
             self._flush()
 
     def _flush(self) -> None:
-        if not any(json.loads(m)["type"] == "ready" for m in self._unsent):
+        """The channel is open: say ``ready`` first, then what was emitted before it opened."""
+        if not self._ready_sent:
+            self._ready_sent = True
             self.emit("ready", session_id=self.id, pipelines=list(self.pipelines))
         while self._unsent and self._channel_open():
             self.channel.send(self._unsent.popleft())
