@@ -23,6 +23,21 @@ class Settings:
     gender_backend: str = "pitch"
     gender_model: str = "7wolf/wav2vec2-base-gender-classification"
     max_body_bytes: int = 256 * 1024
+    portrait_dir: str = ""  # talking_head: where uploaded portraits are kept ("": memory only)
+    max_avatar_sessions: int = 32  # talking_head REST avatar sessions at once
+    avatar_idle_timeout: float = 120.0  # seconds before an unused REST avatar session is removed
+    emotion_face_model: str = ""  # emotion: transformers image-classification id/folder ("": packaged FER2013 tflite)
+    emotion_voice_model: str = ""  # emotion: transformers audio-classification id/folder ("": prosody heuristic)
+    emotion_text_model: str = ""  # emotion: transformers text-classification id/folder ("": MiniLM + VADER)
+    emotion_response_model: str = ""  # emotion: transformers text-generation id/folder ("": CBT templates)
+    emotion_fusion_weights: str = ""  # emotion: trained fusion network weights ("": confidence-weighted fusion)
+    commentary_checkpoint: str = ""  # commentary: model from `python -m commentary train` ("": none)
+    asr_model: str = "auto"  # translation: Whisper name/folder ("auto": tiny.en for English, base otherwise)
+    mt_backend: str = "auto"  # translation: auto (Apertium, else Whisper translate), apertium, whisper, transformers
+    mt_model: str = "Helsinki-NLP/opus-mt-{src}-{tgt}"  # translation: transformers model id/folder
+    tts_backend: str = "espeak"  # translation: espeak or transformers
+    tts_model: str = "facebook/mms-tts-{lang3}"  # translation: transformers VITS model id/folder
+    seamless_model: str = "facebook/seamless-m4t-v2-large"  # translation: SeamlessM4T v2 id/folder
 
 
 # flag name -> (environment variable, help). Lists are comma-separated in the environment.
@@ -40,6 +55,21 @@ _ENV = {
     "heartbeat_timeout": ("MMS_HEARTBEAT_TIMEOUT", "seconds without media or messages before a session is closed"),
     "gender_backend": ("MMS_GENDER_BACKEND", "voice-gender backend: pitch (embedded) or wav2vec2"),
     "gender_model": ("MMS_GENDER_MODEL", "transformers model id or local path for the wav2vec2 backend"),
+    "portrait_dir": ("MMS_PORTRAIT_DIR", "talking_head: folder that keeps uploaded portraits (empty: memory only)"),
+    "max_avatar_sessions": ("MMS_MAX_AVATAR_SESSIONS", "talking_head: REST avatar sessions at once"),
+    "avatar_idle_timeout": ("MMS_AVATAR_IDLE_TIMEOUT", "talking_head: seconds before an unused REST avatar session is removed"),
+    "emotion_face_model": ("MMS_EMOTION_FACE_MODEL", "emotion: transformers image-classification model for faces (empty: packaged FER2013)"),
+    "emotion_voice_model": ("MMS_EMOTION_VOICE_MODEL", "emotion: transformers audio-classification model (empty: prosody heuristic)"),
+    "emotion_text_model": ("MMS_EMOTION_TEXT_MODEL", "emotion: transformers text-classification model (empty: MiniLM + VADER)"),
+    "emotion_response_model": ("MMS_EMOTION_RESPONSE_MODEL", "emotion: transformers text-generation model for responses (empty: CBT templates)"),
+    "emotion_fusion_weights": ("MMS_EMOTION_FUSION_WEIGHTS", "emotion: fusion network weights from pipelines.emotion_train (empty: confidence-weighted fusion)"),
+    "commentary_checkpoint": ("MMS_COMMENTARY_CHECKPOINT", "commentary: checkpoint written by `python -m commentary train` (empty: none)"),
+    "asr_model": ("MMS_ASR_MODEL", "translation: Whisper model name or folder (auto: tiny.en for English, multilingual base otherwise)"),
+    "mt_backend": ("MMS_MT_BACKEND", "translation: text translation backend: auto, apertium, whisper or transformers"),
+    "mt_model": ("MMS_MT_MODEL", "translation: transformers seq2seq model id/folder; {src} {tgt} are filled in"),
+    "tts_backend": ("MMS_TTS_BACKEND", "translation: speech synthesis backend: espeak or transformers"),
+    "tts_model": ("MMS_TTS_MODEL", "translation: transformers VITS model id/folder; {lang3} is filled in"),
+    "seamless_model": ("MMS_SEAMLESS_MODEL", "translation: SeamlessM4T v2 model id/folder (option backend=seamless)"),
 }
 
 
