@@ -1,7 +1,8 @@
 """The pipeline registry: the one place where pipelines are listed by name."""
 from pipelines.base import Pipeline
 from pipelines.gender import GenderPipeline
+from pipelines.commentary import CommentaryPipeline
 
 PIPELINES: dict[str, type[Pipeline]] = {
-    cls.name: cls for cls in (GenderPipeline,)
+    cls.name: cls for cls in (GenderPipeline, CommentaryPipeline)
 }
