@@ -2,7 +2,8 @@
 from pipelines.base import Pipeline
 from pipelines.gender import GenderPipeline
 from pipelines.commentary import CommentaryPipeline
+from pipelines.talking_head import TalkingHeadPipeline
 
 PIPELINES: dict[str, type[Pipeline]] = {
-    cls.name: cls for cls in (GenderPipeline, CommentaryPipeline)
+    cls.name: cls for cls in (GenderPipeline, CommentaryPipeline, TalkingHeadPipeline)
 }

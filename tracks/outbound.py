@@ -68,6 +68,8 @@ class SpeechAudioTrack(MediaStreamTrack):
         self._pacer = Pacer(OUT_RATE)
         self.timestamp = 0  # samples sent so far: the track's play clock
         self.rejected_samples = 0
+        # Read-only tap for lip sync (talking_head): the most recently sent frames, newest last.
+        self.sent_frames: deque[np.ndarray] = deque(maxlen=10)  # 200 ms of int16 at OUT_RATE
 
     @property
     def queued_seconds(self) -> float:
@@ -89,6 +91,20 @@ class SpeechAudioTrack(MediaStreamTrack):
         self._chunks.clear()
         self._queued = 0
 
+    def audio_around_clock(self, before: float = 0.02, after: float = 0.02) -> np.ndarray:
+        """Float32 audio at OUT_RATE around the play clock: the last ``before`` seconds sent and
+        up to ``after`` seconds queued to be sent next. Read-only; safe from another thread (it
+        copies snapshots, and list() of a deque runs without releasing the GIL)."""
+        sent = list(self.sent_frames)
+        past = np.concatenate(sent)[-int(before * OUT_RATE):] if sent and before > 0 else np.zeros(0, np.int16)
+        ahead, need = [], int(after * OUT_RATE)
+        for chunk in list(self._chunks):
+            if need <= 0:
+                break
+            ahead.append(chunk[:need])
+            need -= len(ahead[-1])
+        return np.concatenate([past, *ahead]).astype(np.float32) / 32768.0
+
     def _next_samples(self) -> np.ndarray:
         out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         filled = 0
@@ -109,6 +125,7 @@ class SpeechAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         await self._pacer.wait(self.timestamp)
         samples = self._next_samples()
+        self.sent_frames.append(samples)
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = OUT_RATE
         frame.pts = self.timestamp

@@ -1,0 +1,157 @@
+"""Portraits: decode an uploaded image, find the face and its 68 landmarks (dlib), once per image.
+
+The 68-point layout (iBUG 300-W): 0-16 jaw line, 17-26 brows, 27-35 nose, 36-41 right eye,
+42-47 left eye (as seen in the image: 36-41 is on the left), 48-59 outer lips, 60-67 inner lips.
+The models ship offline: dlib's HOG frontal face detector is built into the library and the
+landmark predictor comes with the ``face_recognition_models`` wheel.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MAX_SIDE = 512  # portraits are rendered at their own size, scaled down to fit 512 x 512
+
+JAW = slice(0, 17)
+RIGHT_EYE = slice(36, 42)
+LEFT_EYE = slice(42, 48)
+OUTER_LIPS = slice(48, 60)
+INNER_LIPS = slice(60, 68)
+
+
+class NoFaceError(ValueError):
+    """The image holds no face the detector can find."""
+
+
+class BadImageError(ValueError):
+    """The bytes are not an image we can decode."""
+
+
+@dataclass(frozen=True)
+class Portrait:
+    id: str
+    image: np.ndarray  # BGR uint8, at most MAX_SIDE on each side
+    landmarks: np.ndarray  # (68, 2) float32 pixel coordinates in ``image``
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[1], self.image.shape[0]
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Image bytes -> BGR uint8, upright (EXIF orientation applied), scaled to fit MAX_SIDE."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = ImageOps.exif_transpose(img)
+            img.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
+            rgb = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImageError(f"not a readable image ({exc})") from None
+    # Even sizes: the video encoder works on 2x2 chroma blocks.
+    rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
+    if min(rgb.shape[:2]) < 64:
+        raise BadImageError(f"image too small ({rgb.shape[1]}x{rgb.shape[0]}); need at least 64x64")
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+class FaceAnalyzer:
+    """dlib detector + 68-point predictor. dlib objects are not documented as thread-safe, and a
+    portrait is analysed once, so calls are serialised."""
+
+    def __init__(self):
+        import dlib
+        import face_recognition_models
+
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+        self._lock = threading.Lock()
+
+    def landmarks(self, bgr: np.ndarray) -> np.ndarray:
+        """(68, 2) landmarks of the most confidently detected face; NoFaceError if none."""
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        with self._lock:
+            rects, scores, _ = self._detector.run(rgb, 1, 0.0)
+            if not rects:
+                raise NoFaceError("no face found")
+            best = rects[int(np.argmax(scores))]
+            shape = self._predictor(rgb, best)
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+    def analyze(self, image_bytes: bytes) -> Portrait:
+        bgr = decode_image(image_bytes)
+        return Portrait(portrait_id(image_bytes), bgr, self.landmarks(bgr))
+
+    def analyze_image(self, bgr: np.ndarray, id: str) -> Portrait:
+        return Portrait(id, bgr, self.landmarks(bgr))
+
+
+def portrait_id(image_bytes: bytes) -> str:
+    return hashlib.sha1(image_bytes).hexdigest()[:16]
+
+
+def default_portrait_image() -> np.ndarray:
+    """The public-domain NASA portrait of astronaut Eileen Collins that ships with scikit-image."""
+    from skimage.data import astronaut
+
+    return np.ascontiguousarray(astronaut()[:, :, ::-1])
+
+
+DEFAULT_ID = "default"
+
+
+class PortraitStore:
+    """Analysed portraits by id: the default one, uploads (kept in memory, newest ``capacity``),
+    and, when ``directory`` is set, uploads saved there so they survive a restart. Analysis runs
+    once per image: uploading the same bytes again answers the cached id."""
+
+    def __init__(self, analyzer: FaceAnalyzer, directory: str | Path | None = None, capacity: int = 64):
+        self.analyzer = analyzer
+        self.directory = Path(directory) if directory else None
+        self.capacity = capacity
+        self._portraits: OrderedDict[str, Portrait] = OrderedDict()
+        self._lock = threading.Lock()
+        self._default = analyzer.analyze_image(default_portrait_image(), DEFAULT_ID)
+
+    def add(self, image_bytes: bytes) -> Portrait:
+        """Analyse and keep an uploaded image (blocking: call on a worker thread)."""
+        id = portrait_id(image_bytes)
+        cached = self.get(id)
+        if cached is not None:
+            return cached
+        portrait = self.analyzer.analyze(image_bytes)
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / f"{id}.img").write_bytes(image_bytes)
+        self._keep(portrait)
+        return portrait
+
+    def _keep(self, portrait: Portrait) -> None:
+        with self._lock:
+            self._portraits[portrait.id] = portrait
+            self._portraits.move_to_end(portrait.id)
+            while len(self._portraits) > self.capacity:
+                self._portraits.popitem(last=False)
+
+    def get(self, id: str) -> Portrait | None:
+        """The portrait with this id, or None. May read and analyse a saved file (blocking)."""
+        if id == DEFAULT_ID:
+            return self._default
+        with self._lock:
+            if id in self._portraits:
+                self._portraits.move_to_end(id)
+                return self._portraits[id]
+        if self.directory is not None and len(id) == 16 and all(c in "0123456789abcdef" for c in id):
+            path = self.directory / f"{id}.img"
+            if path.exists():
+                portrait = self.analyzer.analyze(path.read_bytes())
+                self._keep(portrait)
+                return portrait
+        return None
