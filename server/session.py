@@ -30,6 +30,16 @@ MAX_TEXT_CHARS = 10_000
 MAX_CHANNEL_BACKLOG = 1 << 20  # bytes waiting in the data channel before events are dropped
 
 
+def release_audio_early(receiver) -> None:
+    """aiortc's audio jitter buffer holds 4 packets (80 ms) for reordering before it releases
+    one. The server analyses audio rather than playing it, and every pipeline's latency starts
+    here, so release each packet as soon as the next one arrives (20 ms). aiortc has no option
+    for this: its private buffer is set, if it is there."""
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if buffer is not None and hasattr(buffer, "_prefetch"):
+        buffer._prefetch = 1
+
+
 class Session:
     def __init__(self, server: "MediaServer", configuration: RTCConfiguration):
         self.server = server
@@ -66,6 +76,9 @@ class Session:
 
     async def answer(self, offer) -> Any:
         await self.pc.setRemoteDescription(offer)
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio":
+                release_audio_early(transceiver.receiver)
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "audio" in kinds:
             self.pc.addTrack(self.audio_out)  # reuses the offer's audio transceiver

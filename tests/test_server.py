@@ -260,3 +260,15 @@ async def test_fifty_connect_disconnect_cycles_leave_nothing_behind(media_server
     assert _threads() == threads_before
     alive = [r for r in refs if r() is not None]
     assert not alive, f"{len(alive)} sessions still referenced"
+
+
+async def test_inbound_audio_is_released_without_reordering_delay(media_server):
+    client = StreamClient(media_server.url, ["gender"])
+    await client.connect(ArrayAudioTrack(np.zeros(1600, np.float32), 16000, loop=True), None)
+    try:
+        session = media_server.server.sessions[client.session_id]
+        receivers = [t.receiver for t in session.pc.getTransceivers() if t.kind == "audio"]
+        assert receivers and all(r._RTCRtpReceiver__jitter_buffer._prefetch == 1 for r in receivers)
+        await wait_until(lambda: session.audio.end > 8000)
+    finally:
+        await client.close()
