@@ -32,13 +32,13 @@ NO_CHECKPOINT = (
     "`--commentary-checkpoint commentary.pt` (or MMS_COMMENTARY_CHECKPOINT)")
 
 
-def write_comment(commentator, frames: list, audio: np.ndarray, temperature: float, top_k: int) -> str:
-    """One comment on a window of live stream (worker thread): PyAV frames (None where there was
-    no picture), oldest first, and the window's audio."""
+def write_comment(commentator, camera, frames: list, audio: np.ndarray, temperature: float, top_k: int) -> str:
+    """One comment on a window of live stream (worker thread): PyAV frames of ``camera`` (a
+    LatestFrame; None where there was no picture), oldest first, and the window's audio."""
     pictures: dict[int, np.ndarray] = {}  # a frame sampled twice is converted once
     for frame in frames:
         if frame is not None and id(frame) not in pictures:
-            pictures[id(frame)] = frame.to_ndarray(format="rgb24")
+            pictures[id(frame)] = camera.to_array(frame, "rgb24")
     rgb = [None if frame is None else pictures[id(frame)] for frame in frames]
     window = window_features(rgb, audio, commentator.features)
     return commentator.comment([window], temperature, top_k)[0]
@@ -119,7 +119,7 @@ class CommentaryPipeline(Pipeline):
     async def _comment(self, commentator, frames: list, audio: np.ndarray) -> None:
         t0 = time.perf_counter()
         try:
-            text = await asyncio.to_thread(write_comment, commentator, frames, audio,
+            text = await asyncio.to_thread(write_comment, commentator, self.session.camera, frames, audio,
                                            float(self.options["temperature"]), int(self.options["top_k"]))
         except Exception as exc:  # a task of its own: report here, the session carries on
             log.exception("commentary failed in session %s", self.session.id)

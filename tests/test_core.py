@@ -264,3 +264,20 @@ async def test_session_bus_is_bounded_and_fans_out():
         bus.publish("transcript", i)
     assert [a.get_nowait(), a.get_nowait()] == [1, 2]  # the oldest was dropped, never blocked
     assert b.qsize() == 2 and bus.subscribe("other").empty()
+
+
+def test_latest_frame_converts_once_and_serialises_threads():
+    from concurrent.futures import ThreadPoolExecutor
+    latest = LatestFrame()
+    image = np.zeros((240, 320, 3), np.uint8)  # smooth colours survive 4:2:0 subsampling
+    image[..., 0] = np.arange(320)[None, :] * 255 // 320
+    image[..., 1] = np.arange(240)[:, None] * 255 // 240
+    image[..., 2] = 90
+    latest.put(av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p"))
+    frame = latest.take()
+    # PyAV hangs when two threads convert one frame at once; all consumers go through to_array.
+    with ThreadPoolExecutor(8) as pool:
+        arrays = list(pool.map(lambda _: latest.to_array(frame), range(200)))
+    assert all(a is arrays[0] for a in arrays) and not arrays[0].flags.writeable
+    assert np.abs(arrays[0].astype(int) - image).mean() < 8
+    assert latest.to_array(frame, "rgb24").shape == (240, 320, 3)

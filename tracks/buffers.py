@@ -7,6 +7,7 @@ absolute sample indices and knows exactly which audio it got, whatever else has 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 
@@ -63,10 +64,15 @@ class AudioRing:
 
 
 class LatestFrame:
-    """Holds only the newest video frame; a frame replaced before anyone read it counts as dropped."""
+    """Holds only the newest video frame; a frame replaced before anyone read it counts as dropped.
+
+    Consumers on worker threads convert frames with ``to_array``, never ``frame.to_ndarray``
+    directly: PyAV hangs when two threads convert the same frame at once."""
 
     def __init__(self, on_drop=None):
         self.on_drop = on_drop
+        self._convert_lock = threading.Lock()
+        self._converted: tuple = (None, None, None)  # (frame, format, array) of the last conversion
         self.frame = None
         self.received = 0
         self.dropped = 0
@@ -85,3 +91,14 @@ class LatestFrame:
         """The newest frame (or None), marking it read."""
         self._unread = False
         return self.frame
+
+    def to_array(self, frame, format: str = "bgr24") -> np.ndarray:
+        """``frame`` (a PyAV frame this holder handed out) as a read-only array, converted once
+        per frame and format however many consumers ask, one thread at a time."""
+        with self._convert_lock:
+            last_frame, last_format, array = self._converted
+            if last_frame is not frame or last_format != format:
+                array = frame.to_ndarray(format=format)
+                array.flags.writeable = False  # shared between consumers
+                self._converted = (frame, format, array)
+            return array

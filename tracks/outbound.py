@@ -190,7 +190,7 @@ class SynthVideoTrack(MediaStreamTrack):
             key = (id(frame), tuple(lines))
             if key == self._cache_key and self._cache_image is not None:
                 return self._cache_image  # nothing changed since the last tick
-            image = frame.to_ndarray(format="bgr24") if frame is not None else self._card.copy()
+            image = (self.camera.to_array(frame) if frame is not None else self._card).copy()
             self._cache_key = key
             self._cache_image = draw_overlay(image, lines)
             return self._cache_image
