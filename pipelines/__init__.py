@@ -1,9 +1,10 @@
 """The pipeline registry: the one place where pipelines are listed by name."""
 from pipelines.base import Pipeline
 from pipelines.gender import GenderPipeline
+from pipelines.emotion import EmotionPipeline
 from pipelines.commentary import CommentaryPipeline
 from pipelines.talking_head import TalkingHeadPipeline
 
 PIPELINES: dict[str, type[Pipeline]] = {
-    cls.name: cls for cls in (GenderPipeline, CommentaryPipeline, TalkingHeadPipeline)
+    cls.name: cls for cls in (GenderPipeline, EmotionPipeline, CommentaryPipeline, TalkingHeadPipeline)
 }

@@ -1,0 +1,59 @@
+"""The emotion pipeline on the web page, in headless Chromium: the astronaut photo as the fake
+camera, speech as the fake microphone; the page shows the label, per-modality bars, the
+response, and a crisis banner; typed text changes the result."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from skimage import data as skdata
+
+from tests.media import espeak, write_y4m
+from tests.test_browser import LOOPBACK, chromium_page, server_pair
+
+TIMEOUT_MS = 60_000  # the first session loads the models
+
+
+def astronaut_y4m(path):
+    image = cv2.resize(np.ascontiguousarray(skdata.astronaut()[:, :, ::-1]), (320, 320))
+    return write_y4m(path, [image] * 10)
+
+
+async def test_page_shows_emotion_from_face_and_words(media_server, tmp_path):
+    wav = espeak("en", "I walked to the station this morning and waited for the train.")
+    async with chromium_page(tmp_path, wav, astronaut_y4m(tmp_path / "astronaut.y4m")) as page:
+        await page.goto(media_server.url)
+        await page.wait_for_selector("#pipeline-emotion")
+        if await page.is_checked("#pipeline-gender"):
+            await page.uncheck("#pipeline-gender")
+        await page.check("#pipeline-emotion")
+        await page.click("#start")
+        await page.wait_for_function(
+            "document.querySelector('#result-emotion') && document.querySelector('#result-emotion').dataset.label"
+            " && document.querySelector('#emotion-face-label').textContent.startsWith('happy')",
+            timeout=TIMEOUT_MS)
+        assert (await page.text_content("#result-emotion")).startswith("happy")
+        width = await page.eval_on_selector("#emotion-face-bar span", "e => parseFloat(e.style.width)")
+        assert width > 80
+        assert await page.text_content("#emotion-response")
+        assert not await page.is_visible("#emotion-crisis")
+
+        await page.fill("#text-input", "You broke my phone again and didn't even apologise, I'm so angry!")
+        await page.press("#text-input", "Enter")
+        await page.wait_for_function(
+            "document.querySelector('#emotion-text-label').textContent.startsWith('angry')", timeout=15_000)
+        await page.fill("#text-input", "I want to kill myself.")
+        await page.press("#text-input", "Enter")
+        await page.wait_for_selector("#emotion-crisis:not([hidden])", timeout=15_000)
+        assert "988" in await page.text_content("#emotion-crisis")
+        await page.screenshot(path=str(tmp_path / "emotion.png"), full_page=True)
+
+        stats = await page.evaluate("window.mmsStats")
+        assert stats["eventCounts"].get("emotion", 0) >= 2
+        assert stats["selectedPair"]["local"]["address"] == LOOPBACK
+        (session_id, session), = media_server.server.sessions.items()
+        assert stats["sessionId"] == session_id and list(session.pipelines) == ["emotion"]
+        local, remote = server_pair(session)
+        assert local[0] == LOOPBACK and remote[0] == LOOPBACK
+        errors = [m for m in page.console_messages_seen if m.startswith("pageerror")]
+        assert not errors, errors
+        await page.click("#stop")
