@@ -4,7 +4,8 @@ from pipelines.gender import GenderPipeline
 from pipelines.emotion import EmotionPipeline
 from pipelines.commentary import CommentaryPipeline
 from pipelines.talking_head import TalkingHeadPipeline
+from pipelines.translation import TranslationPipeline
 
 PIPELINES: dict[str, type[Pipeline]] = {
-    cls.name: cls for cls in (GenderPipeline, EmotionPipeline, CommentaryPipeline, TalkingHeadPipeline)
+    cls.name: cls for cls in (GenderPipeline, EmotionPipeline, CommentaryPipeline, TalkingHeadPipeline, TranslationPipeline)
 }

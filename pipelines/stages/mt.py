@@ -1,0 +1,161 @@
+"""Text translation backends, each ``translate(text) -> text`` for one language pair.
+
+* ``ApertiumTranslator``: Apertium rule-based MT from Debian's packages (GPL: run as a separate
+  process, never imported). One long-lived process per pair answers sentence by sentence in
+  null-flush mode, so a sentence costs milliseconds instead of a 0.7 s pipeline start.
+* ``TransformersTranslator``: any transformers seq2seq model (Marian ``Helsinki-NLP/opus-mt-en-es``,
+  NLLB ``facebook/nllb-200-distilled-600M``) by hub id or local folder.
+
+Whisper's own ``translate`` task (any language into English) lives in ``asr.WhisperASR``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import select
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+APERTIUM_MODES = Path("/usr/share/apertium/modes")
+# Apertium names languages with ISO 639-3 (eng-spa) or 639-1 (fr-es) codes; clients use 639-1.
+ISO3_TO_1 = {"eng": "en", "spa": "es", "cat": "ca", "fra": "fr", "por": "pt", "ita": "it",
+             "deu": "de", "glg": "gl", "eus": "eu", "oci": "oc", "arg": "an", "ron": "ro"}
+STREAM_SPECIAL = re.compile(r"([\\\[\]^$/@<>{}*#~|+])")  # characters with a meaning in Apertium's stream format
+TIMEOUT = 10.0
+
+
+@functools.lru_cache(maxsize=4)
+def apertium_pairs(modes_dir: Path = APERTIUM_MODES) -> dict[tuple[str, str], Path]:
+    """(source, target) in ISO 639-1 -> mode file, for the installed pairs (variants skipped).
+    Looked up once per process: Debian packages do not come and go under a running server."""
+    pairs = {}
+    if not shutil.which("apertium-wblank-mode") or not modes_dir.is_dir():
+        return pairs
+    for mode in sorted(modes_dir.glob("*.mode")):
+        parts = mode.stem.split("-")
+        if len(parts) != 2 or "_" in mode.stem:  # eng-cat_valencia, eco-fr-es: variants and helpers
+            continue
+        src, tgt = (ISO3_TO_1.get(p, p) for p in parts)
+        if len(src) == 2 and len(tgt) == 2:
+            pairs[(src, tgt)] = mode
+    return pairs
+
+
+class ApertiumTranslator:
+    """One long-lived Apertium pipeline for one pair, shared by every session (thread-safe).
+
+    The mode file's programs are run directly in null-flush mode (``-z``): each request is the
+    text in Apertium's stream format followed by NUL bytes, and each program flushes its output
+    at a NUL. ``lt-proc -b`` (bilingual lookup) only releases a sentence when it reads the byte
+    after its NUL, so every request ends with two NULs and every answer ends with two.
+    """
+
+    name = "apertium"
+
+    def __init__(self, source: str, target: str, mode: Path):
+        self.source, self.target = source, target
+        script = subprocess.run(["apertium-wblank-mode", "-z", str(mode)], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        # $1: generator option (-n: no unknown-word marks), $2: tagger option (none).
+        self.command = ["bash", "-c", script, "apertium", "-n", ""]
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+
+    def _start(self) -> subprocess.Popen:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.DEVNULL, start_new_session=True)
+        return self._process
+
+    def translate(self, text: str) -> str:
+        text = " ".join(text.replace("\0", " ").split())
+        if not text:
+            return ""
+        with self._lock:
+            process = self._start()
+            try:
+                process.stdin.write(STREAM_SPECIAL.sub(r"\\\1", text).encode() + b"\0\0")
+                process.stdin.flush()
+                answer = self._read_answer(process)
+            except (OSError, TimeoutError):
+                self.close()  # a wedged or dead pipeline is restarted on the next request
+                raise
+        # Unescape; words Apertium drops leave double spaces behind.
+        answer = " ".join(re.sub(r"\\(.)", r"\1", answer.decode("utf-8", "replace")).split())
+        # The txt deformatter normally keeps sentence-final punctuation that the bare pipeline drops.
+        if text[-1] in ".!?" and answer and answer[-1] not in ".!?":
+            answer += text[-1]
+        return answer
+
+    @staticmethod
+    def _read_answer(process: subprocess.Popen) -> bytes:
+        out = b""
+        fd = process.stdout.fileno()
+        while out.count(b"\0") < 2:
+            ready, _, _ = select.select([fd], [], [], TIMEOUT)
+            chunk = os.read(fd, 65536) if ready else b""
+            if not chunk:
+                raise TimeoutError("apertium did not answer") if not ready else OSError("apertium exited")
+            out += chunk
+        return out.replace(b"\0", b"")
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+NLLB_CODES = {"en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn", "de": "deu_Latn", "ca": "cat_Latn",
+              "it": "ita_Latn", "pt": "por_Latn", "nl": "nld_Latn", "ru": "rus_Cyrl", "zh": "zho_Hans",
+              "ja": "jpn_Jpan", "ar": "arb_Arab", "hi": "hin_Deva", "pl": "pol_Latn", "uk": "ukr_Cyrl"}
+
+
+class TransformersTranslator:
+    """A transformers seq2seq translation model (Marian, NLLB, M2M100) on cpu or cuda.
+
+    ``model`` may contain ``{src}`` and ``{tgt}`` (``Helsinki-NLP/opus-mt-{src}-{tgt}``) to pick a
+    model per pair. Multilingual tokenizers (NLLB, M2M100) get the source and target language.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model: str, source: str, target: str, device: str = "cpu"):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.torch, self.device = torch, device
+        self.source, self.target = source, target
+        model = model.format(src=source, tgt=target)
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(model).to(device).eval()
+        self.generate_kwargs: dict = {}
+        codes = getattr(self.tokenizer, "lang_code_to_id", None) or {}
+        vocab = self.tokenizer.get_vocab()
+        for src_code, tgt_code in ((NLLB_CODES.get(source), NLLB_CODES.get(target)),
+                                   (f"__{source}__", f"__{target}__")):
+            if tgt_code and (tgt_code in codes or tgt_code in vocab):
+                self.tokenizer.src_lang = src_code if src_code in vocab else getattr(self.tokenizer, "src_lang", None)
+                self.generate_kwargs["forced_bos_token_id"] = self.tokenizer.convert_tokens_to_ids(tgt_code)
+                break
+        # Never generate past the model's position table (Marian: 512, NLLB: 1024).
+        self.max_tokens = min(256, getattr(self.model.config, "max_position_embeddings", 256) - 2)
+        self._lock = threading.Lock()
+
+    def translate(self, text: str) -> str:
+        text = text.strip()
+        if not text:
+            return ""
+        inputs = self.tokenizer([text], return_tensors="pt", truncation=True,
+                                max_length=self.max_tokens).to(self.device)
+        inputs.pop("token_type_ids", None)
+        with self._lock, self.torch.inference_mode():
+            tokens = self.model.generate(**inputs, num_beams=1, max_new_tokens=self.max_tokens,
+                                         **self.generate_kwargs)
+        return self.tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,551 @@
+"""Speech-to-speech translation: speak one language, hear and read another, live.
+
+Per session: silero VAD segments the inbound audio into utterances; each goes through a cascade
+of replaceable, timed stages, every one on a worker thread:
+
+    speech ─▶ recognition (faster-whisper) ─▶ text translation (Apertium │ Whisper translate │
+              transformers) ─▶ speech synthesis (espeak-ng │ transformers VITS) ─▶ audio_out
+
+or, with option ``backend="seamless"``, through SeamlessM4T v2 (speech to speech in one model).
+
+Modes:
+* ``utterance``: an utterance is recognised, translated and spoken once its speaker pauses
+  (``min_silence``).
+* ``streaming``: while the person speaks, the utterance so far is re-recognised every
+  ``stream_interval``; only words on which two consecutive hypotheses agree are committed (the
+  local-agreement policy), so captions don't flicker. Committed words are translated and spoken
+  as soon as they end a clause, each word spoken once.
+
+The same class drives WebRTC sessions and the WebSocket endpoints ``/ws/translate`` and
+``/ws/stream`` (see ``pipelines/stages/ws_session.py``): all it touches is a Session-like context.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+
+from pipelines.base import OptionError, Pipeline
+from pipelines.stages import asr as asr_stage
+from pipelines.stages.mt import ApertiumTranslator, TransformersTranslator, apertium_pairs
+from pipelines.stages.seamless import CODES as SEAMLESS_CODES
+from pipelines.stages.tts import EspeakTTS, TransformersTTS, espeak_languages
+from pipelines.stages.vad import CHUNK, SileroVAD
+from tracks.buffers import SAMPLE_RATE, AudioOverrun
+
+log = logging.getLogger(__name__)
+
+HOP = 2 * CHUNK  # samples read per step (64 ms): the end-of-speech decision granularity
+PREROLL = 0.25  # seconds of audio kept before the VAD fires (word onsets are quiet)
+MAX_UTTERANCE = {"utterance": 15.0, "streaming": 10.0}  # seconds; longer speech is cut there
+MIN_PARTIAL = 1.0  # streaming: seconds of an utterance before its first hypothesis (shorter ones guess)
+MAX_PENDING = 4  # utterances waiting for the cascade before new ones are refused
+MODES = ("utterance", "streaming")
+BACKENDS = ("cascade", "seamless")
+CLAUSE_END = re.compile(r"[.,;:!?]$")
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def _norm(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())
+
+
+def agreed_prefix(a: list[str], b: list[str]) -> int:
+    """How many leading words two hypotheses share (ignoring case and punctuation)."""
+    n = 0
+    while n < min(len(a), len(b)) and _norm(a[n]) == _norm(b[n]):
+        n += 1
+    return n
+
+
+# --- what works with what is installed -----------------------------------------------------------
+def asr_languages(settings) -> set[str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    name = settings.asr_model
+    if name == "auto":
+        langs = {"en"} if asr_stage.tiny_en_path() else set()
+        return langs | (set(_LANGUAGE_CODES) if asr_stage.base_available() else set())
+    return {"en"} if name.endswith(".en") else set(_LANGUAGE_CODES)
+
+
+def asr_model_for(settings, language: str) -> str:
+    if settings.asr_model != "auto":
+        return settings.asr_model
+    return "tiny.en" if language == "en" and asr_stage.tiny_en_path() else "base"
+
+
+def tts_languages(settings) -> set[str]:
+    return espeak_languages() if settings.tts_backend == "espeak" else set(asr_languages(settings))
+
+
+def mt_backend_for(settings, source: str, target: str) -> str | None:
+    """Which text translation serves a pair, or None."""
+    backend = settings.mt_backend
+    multilingual = settings.asr_model != "auto" or asr_stage.base_available()
+    if backend in ("auto", "apertium") and (source, target) in apertium_pairs():
+        return "apertium"
+    if backend in ("auto", "whisper") and target == "en" and source != "en" and multilingual \
+            and not settings.asr_model.endswith(".en"):
+        return "whisper"
+    if backend == "transformers" and source != target:
+        return "transformers"
+    return None
+
+
+def available_pairs(settings, backend: str = "cascade") -> list[tuple[str, str]]:
+    """The (source, target) pairs that work with what is installed (cached: looking costs ~0.1 s,
+    and offers and config messages ask on the event loop)."""
+    return _available_pairs(settings.asr_model, settings.mt_backend, settings.tts_backend, backend)
+
+
+@functools.lru_cache(maxsize=16)
+def _available_pairs(asr_model: str, mt_backend: str, tts_backend: str, backend: str) -> list[tuple[str, str]]:
+    settings = SimpleNamespace(asr_model=asr_model, mt_backend=mt_backend, tts_backend=tts_backend)
+    if backend == "seamless":
+        langs = sorted(SEAMLESS_CODES)  # languages it both hears and speaks
+        return [(s, t) for s in langs for t in langs if s != t]
+    sources, targets = asr_languages(settings), tts_languages(settings)
+    if settings.mt_backend == "transformers":
+        return [(s, t) for s in sorted(sources) for t in sorted(targets) if s != t]
+    candidates = set(apertium_pairs()) | {(s, "en") for s in sources}
+    return sorted((s, t) for s, t in candidates
+                  if s in sources and t in targets and mt_backend_for(settings, s, t))
+
+
+def describe_pairs(pairs: list[tuple[str, str]], limit: int = 40) -> str:
+    """The pairs, readable: the handful into other languages first, then "N languages -> en"."""
+    into_english = [s for s, t in pairs if t == "en"]
+    listed = [f"{s}->{t}" for s, t in pairs if t != "en" or len(into_english) <= 8]
+    text = ", ".join(listed[:limit]) + (f" and {len(listed) - limit} more" if len(listed) > limit else "")
+    if len(into_english) > 8:
+        text += f"; and into en from {len(into_english)} languages ({', '.join(into_english[:8])}, ...)"
+    return text + " (GET /languages lists them all)"
+
+
+# --- shared models ---------------------------------------------------------------------------------
+class TranslationModels:
+    """Everything sessions share, loaded lazily per model on first use (on a worker thread)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.vad = SileroVAD()
+        self._lock = threading.Lock()
+        self._asr: dict[str, asr_stage.WhisperASR] = {}
+        self._mt: dict[tuple, object] = {}
+        self._tts = None
+        self._seamless = None
+
+    def _get(self, cache: dict, key, make):
+        with self._lock:  # loading twice in parallel would double the memory
+            if key not in cache:
+                cache[key] = make()
+            return cache[key]
+
+    def asr(self, language: str) -> asr_stage.WhisperASR:
+        name = asr_model_for(self.settings, language)
+        return self._get(self._asr, name, lambda: asr_stage.WhisperASR(name, self.settings.device))
+
+    def translator(self, source: str, target: str):
+        backend = mt_backend_for(self.settings, source, target)
+        if backend == "apertium":
+            mode = apertium_pairs()[(source, target)]
+            return self._get(self._mt, (backend, source, target), lambda: ApertiumTranslator(source, target, mode))
+        if backend == "transformers":
+            return self._get(self._mt, (backend, source, target), lambda: TransformersTranslator(
+                self.settings.mt_model, source, target, self.settings.device))
+        return None  # "whisper": the recogniser translates
+
+    def tts(self):
+        if self._tts is None:
+            with self._lock:
+                if self._tts is None:
+                    self._tts = (EspeakTTS() if self.settings.tts_backend == "espeak"
+                                 else TransformersTTS(self.settings.tts_model, self.settings.device))
+        return self._tts
+
+    def seamless(self):
+        from pipelines.stages.seamless import SeamlessM4T  # imports torch: only when asked for
+        with self._lock:
+            if self._seamless is None:
+                self._seamless = SeamlessM4T(self.settings.seamless_model, self.settings.device)
+            return self._seamless
+
+
+# --- per session -----------------------------------------------------------------------------------
+@dataclass
+class Utterance:
+    number: int
+    start: int  # sample index of its first sample (pre-roll included)
+    chunks: list = field(default_factory=list)
+    samples: int = 0
+    speech_end: int = 0  # sample index just after the last speech chunk
+    speech_end_time: float = 0.0  # monotonic time that sample arrived
+    # streaming state
+    previous: list[str] = field(default_factory=list)  # the previous hypothesis' words
+    committed: list[str] = field(default_factory=list)  # words two hypotheses agreed on
+    spoken: int = 0  # committed words already translated and spoken
+    spoken_source: list[str] = field(default_factory=list)
+    spoken_target: list[str] = field(default_factory=list)
+    last_output: float = 0.0
+    partial_requested: int = 0  # samples in the utterance when the last partial was queued
+    # utterance mode: recognition started at the first silent hop, (speech_end it covers, task)
+    speculation: tuple[int, asyncio.Task] | None = None
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+
+
+@dataclass
+class Job:
+    utterance: Utterance
+    audio: np.ndarray
+    final: bool
+    options: dict
+
+
+class TranslationPipeline(Pipeline):
+    name = "translation"
+    description = "Speak one language, hear and read another, live (utterance or streaming mode)"
+    defaults = {
+        "source": "en",
+        "target": "es",
+        "mode": "utterance",  # or "streaming"
+        "voice": None,  # TTS voice (espeak-ng name like "es-419", or a variant like "+f3"); None: default
+        "backend": "cascade",  # or "seamless" (SeamlessM4T v2, for GPU machines with the weights)
+        "min_silence": 0.3,  # seconds of silence that end an utterance
+        "vad_threshold": 0.5,
+        "stream_interval": 0.5,  # streaming: seconds between hypotheses (and at most one output each)
+    }
+
+    def __init__(self, session, options=None):
+        super().__init__(session, options)
+        self._jobs: asyncio.Queue[Job] = asyncio.Queue(MAX_PENDING)
+        self._utterance: Utterance | None = None
+        self._count = 0
+        self._busy = False  # the cascade is working on a job
+        self.cursor: int | None = None  # next sample the segmenter reads (None until it starts)
+
+    @classmethod
+    def shared_key(cls, settings):
+        return (settings.device, settings.asr_model, settings.mt_backend, settings.mt_model,
+                settings.tts_backend, settings.tts_model, settings.seamless_model)
+
+    @classmethod
+    def load_shared(cls, settings) -> TranslationModels:
+        return TranslationModels(settings)
+
+    @classmethod
+    def routes(cls, server) -> list:
+        from pipelines.stages.ws_session import translation_routes
+        return translation_routes(cls, server)
+
+    def validate(self, options):
+        if options["mode"] not in MODES:
+            raise OptionError(f"translation: mode must be one of {list(MODES)}, not {options['mode']!r}")
+        if options["backend"] not in BACKENDS:
+            raise OptionError(f"translation: backend must be one of {list(BACKENDS)}, not {options['backend']!r}")
+        for key in ("min_silence", "vad_threshold", "stream_interval"):
+            if not isinstance(options[key], (int, float)) or isinstance(options[key], bool):
+                raise OptionError(f"translation: {key} must be a number")
+        if not 0.1 <= options["min_silence"] <= 3:
+            raise OptionError("translation: min_silence must be between 0.1 and 3 seconds")
+        if not 0.05 <= options["vad_threshold"] <= 0.95:
+            raise OptionError("translation: vad_threshold must be between 0.05 and 0.95")
+        if not 0.25 <= options["stream_interval"] <= 5:
+            raise OptionError("translation: stream_interval must be between 0.25 and 5 seconds")
+        if options["voice"] is not None and (not isinstance(options["voice"], str)
+                                             or not re.fullmatch(r"[+\w-]{1,40}", options["voice"])):
+            raise OptionError("translation: voice must be an espeak-ng voice name like es-419 or +f3")
+        source, target = options["source"], options["target"]
+        pairs = available_pairs(self.session.settings, options["backend"])
+        if (source, target) not in pairs:
+            raise OptionError(f"translation: {source!r} -> {target!r} is not available; "
+                              f"available pairs: {describe_pairs(pairs)}")
+
+    # --- segmentation ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        models: TranslationModels = await self.session.load_shared(type(self))
+        worker = asyncio.get_running_loop().create_task(self._work(models))
+        try:
+            await self._segment(models)
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+    async def drained(self) -> None:
+        """Wait until every sample written so far is segmented and every utterance is spoken
+        (the WebSocket endpoints answer ``stop_stream`` with ``stopped`` after this)."""
+        audio = self.session.audio
+        while (self.cursor is None or self.cursor + HOP <= audio.end or self._utterance is not None
+               or self._busy or not self._jobs.empty()):
+            await asyncio.sleep(0.02)
+
+    async def _segment(self, models: TranslationModels) -> None:
+        audio = self.session.audio
+        vad = models.vad.stream()
+        loop = asyncio.get_running_loop()
+        preroll: deque[np.ndarray] = deque(maxlen=max(1, int(PREROLL * SAMPLE_RATE / HOP)))
+        silence = 0
+        cursor = self.cursor = audio.start  # audio that came while the models loaded is not lost
+        while True:
+            await audio.wait_for(cursor + HOP)
+            try:
+                chunk = audio.read(cursor, cursor + HOP)
+            except AudioOverrun:  # fell behind (CPU starved): skip to the present
+                cursor = self.cursor = audio.end - HOP
+                silence = 0
+                continue
+            arrived = time.monotonic()  # ~ when the hop's last sample came in
+            probs = await loop.run_in_executor(None, vad, chunk)
+            cursor = self.cursor = cursor + HOP
+            speech = bool(len(probs)) and float(probs.max()) >= self.options["vad_threshold"]
+            utterance = self._utterance
+            if utterance is None:
+                if not speech:
+                    preroll.append(chunk)
+                    continue
+                self._count += 1
+                head = list(preroll)
+                preroll.clear()
+                utterance = self._utterance = Utterance(self._count, cursor - HOP - HOP * len(head), head,
+                                                        HOP * len(head))
+            utterance.chunks.append(chunk)
+            utterance.samples += HOP
+            mode = self.options["mode"]
+            if speech:
+                silence = 0
+                last = int(np.nonzero(probs >= self.options["vad_threshold"])[0][-1])
+                utterance.speech_end = cursor - HOP + (last + 1) * CHUNK
+                utterance.speech_end_time = arrived - (cursor - utterance.speech_end) / SAMPLE_RATE
+                utterance.speculation = None  # the speaker went on: that guess is moot
+            else:
+                silence += HOP
+                if silence == HOP and mode == "utterance" and self.options["backend"] == "cascade":
+                    self._speculate(models, utterance)
+            if silence >= self.options["min_silence"] * SAMPLE_RATE or \
+                    utterance.samples >= MAX_UTTERANCE[mode] * SAMPLE_RATE:
+                self._finish()
+                silence = 0
+            elif mode == "streaming" and self._jobs.empty() and utterance.samples >= MIN_PARTIAL * SAMPLE_RATE and \
+                    utterance.samples - utterance.partial_requested >= self.options["stream_interval"] * SAMPLE_RATE:
+                utterance.partial_requested = utterance.samples
+                self._queue(Job(utterance, utterance.audio(), False, dict(self.options)))
+
+    def _speculate(self, models: TranslationModels, utterance: Utterance) -> None:
+        """Start recognising at the first silent hop instead of after ``min_silence``: if the pause
+        turns out to end the utterance, its text is ready ~0.25 s sooner; if the speaker goes on,
+        the guess is dropped. The cost is one recognition per pause that does not end an utterance."""
+        audio, source = utterance.audio(), self.options["source"]
+
+        async def recognise():
+            asr = await asyncio.to_thread(models.asr, source)
+            t0 = time.perf_counter()
+            text = (await asyncio.to_thread(asr.transcribe, audio, source)).text
+            return source, text, time.perf_counter() - t0
+
+        task = asyncio.get_running_loop().create_task(recognise())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a dropped guess's error is not lost
+        utterance.speculation = (utterance.speech_end, task)
+
+    def _finish(self) -> None:
+        utterance, self._utterance = self._utterance, None
+        if utterance is not None and utterance.speech_end:
+            self._queue(Job(utterance, utterance.audio(), True, dict(self.options)))
+
+    def _queue(self, job: Job) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except asyncio.QueueFull:
+            self.session.emit_error(self.name, "translation is falling behind; an utterance was dropped")
+
+    # --- the cascade -------------------------------------------------------------------------------
+    async def _work(self, models: TranslationModels) -> None:
+        while True:
+            job = await self._jobs.get()
+            if not job.final and not self._jobs.empty():
+                continue  # a newer hypothesis or the final one is already waiting: this one is stale
+            self._busy = True
+            try:
+                if job.options["backend"] == "seamless":
+                    await self._seamless(models, job)
+                elif job.final:
+                    await self._final(models, job)
+                else:
+                    await self._partial(models, job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one bad utterance must not end the session
+                log.exception("translation failed")
+                self.session.emit_error(self.name, f"{type(exc).__name__}: {exc}")
+            finally:
+                self._busy = False
+
+    async def _timed(self, stage: str, timings: dict, fn, *args):
+        t0 = time.perf_counter()
+        result = await asyncio.to_thread(fn, *args)
+        seconds = time.perf_counter() - t0
+        timings[stage] = round(seconds * 1000, 1)
+        self.session.observe_inference(self.name, stage, seconds)
+        return result
+
+    async def _recognise(self, models, job: Job, timings: dict, prefix: str | None = None) -> str:
+        asr = await asyncio.to_thread(models.asr, job.options["source"])
+        recognition = await self._timed("asr", timings, asr.transcribe, job.audio, job.options["source"],
+                                        "transcribe", prefix)
+        return recognition.text
+
+    async def _translate(self, models, job: Job, text: str, timings: dict) -> str:
+        source, target = job.options["source"], job.options["target"]
+        translator = await asyncio.to_thread(models.translator, source, target)
+        if translator is None:  # Whisper's translate task, from the audio itself
+            asr = await asyncio.to_thread(models.asr, source)
+            return (await self._timed("mt", timings, asr.transcribe, job.audio, source, "translate")).text
+        return await self._timed("mt", timings, translator.translate, text)
+
+    async def _speak(self, models, job: Job, text: str, timings: dict) -> float:
+        """Synthesise and queue ``text``; returns seconds of audio queued."""
+        tts = await asyncio.to_thread(models.tts)
+        samples, rate = await self._timed("tts", timings, tts.synthesize, text, job.options["target"],
+                                          job.options["voice"])
+        return self._play(samples, rate, text)
+
+    def _play(self, samples: np.ndarray, rate: int, text: str) -> float:
+        if not len(samples):
+            return 0.0
+        # Queued after what is already playing: a new utterance never cuts the previous one.
+        if not self.session.audio_out.push_audio(samples, rate):
+            self.session.emit_error(self.name, "outbound audio queue is full; translated speech dropped")
+            return 0.0
+        self.session.publish("speech", {"samples": samples, "sample_rate": rate, "text": text})
+        return len(samples) / rate
+
+    def _latency(self, utterance: Utterance, seconds_just_queued: float) -> dict:
+        """End of speech to the moment its translated audio was queued (``latency_ms``), and how
+        much earlier speech was still queued ahead of it (``queued_ahead_s``): the first sample
+        plays that much later."""
+        ahead = max(0.0, self.session.audio_out.queued_seconds - seconds_just_queued)
+        return {"latency_ms": round((time.monotonic() - utterance.speech_end_time) * 1000, 1),
+                "queued_ahead_s": round(ahead, 3)}
+
+    @staticmethod
+    def _audio_end(job: Job) -> float:
+        """Where the speech heard so far ends, in seconds of the session's input audio clock."""
+        end = job.utterance.speech_end if job.final else job.utterance.start + len(job.audio)
+        return round(end / SAMPLE_RATE, 3)
+
+    def _emit_transcript(self, job: Job, text: str, final: bool, timings: dict, **extra) -> None:
+        language = job.options["source"]
+        self.session.emit("transcript", text=text, final=final, language=language,
+                          utterance=job.utterance.number, audio_end_s=self._audio_end(job),
+                          timings_ms=timings, **extra)
+        if final:
+            self.session.publish("transcript", {"text": text, "language": language, "final": True})
+
+    def _emit_translation(self, job: Job, source_text: str, text: str, final: bool, timings: dict,
+                          **extra) -> None:
+        self.session.emit("translation", source_text=source_text, text=text,
+                          source_lang=job.options["source"], target_lang=job.options["target"],
+                          final=final, utterance=job.utterance.number, audio_end_s=self._audio_end(job),
+                          timings_ms=timings, **extra)
+        self.session.set_overlay(self.name, [f"{job.options['source']}: {source_text[-60:]}",
+                                             f"{job.options['target']}: {text[-60:]}"])
+
+    async def _final(self, models, job: Job) -> None:
+        timings: dict = {}
+        utterance = job.utterance
+        if job.options["mode"] == "streaming":
+            # Decoded after the committed words: what was already shown and spoken stays.
+            text = await self._recognise(models, job, timings, " ".join(utterance.committed))
+            return await self._final_streaming(models, job, text, timings)
+        speculation = utterance.speculation
+        if speculation and speculation[0] == utterance.speech_end:  # recognised during the pause
+            source, text, seconds = await speculation[1]
+            if source != job.options["source"]:  # languages swapped during the pause
+                text = await self._recognise(models, job, timings)
+            else:
+                timings["asr"] = round(seconds * 1000, 1)
+                self.session.observe_inference(self.name, "asr", seconds)
+        else:
+            text = await self._recognise(models, job, timings)
+        if not text:
+            return
+        self._emit_transcript(job, text, True, dict(timings))
+        translated = await self._translate(models, job, text, timings)
+        if not translated:
+            return
+        seconds = await self._speak(models, job, translated, timings)
+        self._emit_translation(job, text, translated, True, timings, audio_seconds=round(seconds, 3),
+                               **self._latency(utterance, seconds))
+
+    # --- streaming: local agreement --------------------------------------------------------------
+    async def _partial(self, models, job: Job) -> None:
+        timings: dict = {}
+        utterance = job.utterance
+        committed = utterance.committed
+        # Decoding continues after the committed words, so every hypothesis starts with them.
+        hypothesis = _words(await self._recognise(models, job, timings, " ".join(committed)))
+        # The last word may be cut off mid-word by the end of the audio so far: never commit it.
+        agreed = min(agreed_prefix(utterance.previous, hypothesis), len(hypothesis) - 1)
+        utterance.previous = hypothesis
+        if agreed > len(committed) and agreed_prefix(committed, hypothesis) == len(committed):
+            utterance.committed = committed + hypothesis[len(committed):agreed]
+        committed = " ".join(utterance.committed)
+        self._emit_transcript(job, " ".join(utterance.committed + hypothesis[len(utterance.committed):]),
+                              False, dict(timings), committed=committed)
+        pending = utterance.committed[utterance.spoken:]
+        # Speak committed words once they end a clause (or are many), at most once per interval.
+        if pending and (CLAUSE_END.search(pending[-1]) or len(pending) >= 6) and \
+                time.monotonic() - utterance.last_output >= job.options["stream_interval"]:
+            await self._speak_committed(models, job, pending, False, timings)
+
+    async def _speak_committed(self, models, job: Job, words: list[str], final: bool, timings: dict) -> None:
+        utterance = job.utterance
+        source_text = " ".join(words)
+        translated = await self._translate(models, job, source_text, timings) if source_text else ""
+        utterance.spoken += len(words)
+        utterance.spoken_source += words
+        seconds = 0.0
+        if translated:
+            utterance.spoken_target.append(translated)
+            seconds = await self._speak(models, job, translated, timings)
+            utterance.last_output = time.monotonic()
+        extra = self._latency(utterance, seconds) if final else {}
+        self._emit_translation(job, " ".join(utterance.spoken_source), " ".join(utterance.spoken_target),
+                               final, timings, chunk=translated, audio_seconds=round(seconds, 3), **extra)
+
+    async def _final_streaming(self, models, job: Job, text: str, timings: dict) -> None:
+        utterance = job.utterance
+        words = _words(text)
+        if not words and not utterance.spoken:
+            return
+        # The final hypothesis (decoded after the committed words) decides the rest; words
+        # already spoken are not spoken again.
+        spoken = min(utterance.spoken, len(words))
+        utterance.committed = words
+        self._emit_transcript(job, text, True, dict(timings))
+        await self._speak_committed(models, job, words[spoken:], True, timings)
+
+    # --- SeamlessM4T v2 ------------------------------------------------------------------------------
+    async def _seamless(self, models, job: Job) -> None:
+        if not job.final:
+            return  # SeamlessM4T v2 translates whole utterances here
+        timings: dict = {}
+        model = await asyncio.to_thread(models.seamless)
+        source, target = job.options["source"], job.options["target"]
+        result = await self._timed("s2st", timings, model.translate, job.audio, source, target)
+        self._emit_transcript(job, result.source_text, True, dict(timings))
+        seconds = self._play(result.samples, result.sample_rate, result.text)
+        self._emit_translation(job, result.source_text, result.text, True, timings,
+                               audio_seconds=round(seconds, 3), **self._latency(job.utterance, seconds))

@@ -1,0 +1,312 @@
+"""Translation pipeline: each stage with the real offline models, the local-agreement policy, the
+WebSocket endpoints (both modes, swap, bad input) and the LibriVox recordings through the cascade."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import aiohttp
+import jiwer
+import numpy as np
+import pytest
+
+from pipelines.base import OptionError
+from pipelines.stages import asr as asr_stage
+from pipelines.stages.mt import ApertiumTranslator, apertium_pairs
+from pipelines.stages.tts import EspeakTTS, espeak_languages
+from pipelines.translation import (TranslationModels, TranslationPipeline, agreed_prefix,
+                                   available_pairs)
+from server.config import Settings
+from tests.media import LIBRIVOX, espeak, load_audio
+
+EN_TEXT = "Good morning. I would like a cup of coffee and a glass of water, please."
+ES_TEXT = "Buenos días. Me gustaría comer en el restaurante con mis amigos."
+SPANISH_WORDS = {"buenos", "días", "dias", "quiero", "quisiera", "gustaría", "gustaria", "taza", "café",
+                 "cafe", "vaso", "agua", "por", "favor", "un", "una", "de", "y"}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return TranslationModels(Settings())
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[\wáéíóúñü']+", text.lower())
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+# --- stages ----------------------------------------------------------------------------------------
+def test_whisper_base_is_joined_once_and_verified(tmp_path):
+    path = asr_stage.whisper_base_path(tmp_path)
+    model = path / "model.bin"
+    size = model.stat().st_size
+    parts = [asr_stage._package_dir(p) / "data" / n for p, n in asr_stage.BASE_PARTS]
+    assert size == sum(p.stat().st_size for p in parts)
+    assert (path / "model.bin.sha256").read_text() == asr_stage._sha256_file(model)
+    assert {"config.json", "tokenizer.json", "vocabulary.json"} <= {p.name for p in path.iterdir()}
+    mtime = model.stat().st_mtime_ns
+    assert asr_stage.whisper_base_path(tmp_path) == path and model.stat().st_mtime_ns == mtime  # reused
+    with open(model, "r+b") as f:  # a torn cache is rebuilt, not loaded
+        f.truncate(size // 2)
+    asr_stage.whisper_base_path(tmp_path)
+    assert model.stat().st_size == size
+    assert not [p for p in path.iterdir() if p.suffix == ".tmp"]
+
+
+def test_asr_tiny_en_and_multilingual_base(models):
+    english = load_audio(espeak("en-us", EN_TEXT))
+    text = models.asr("en").transcribe(english, "en").text
+    assert models.asr("en").name == "tiny.en"
+    assert jiwer.wer(" ".join(words(EN_TEXT)), " ".join(words(text))) < 0.35, text
+    spanish = load_audio(espeak("es", ES_TEXT))
+    base = models.asr("es")
+    assert base.name == "base" and base.multilingual
+    assert jiwer.wer(" ".join(words(ES_TEXT)), " ".join(words(base.transcribe(spanish, "es").text))) < 0.6  # robotic voice, base model
+    to_english = base.transcribe(spanish, "es", task="translate").text  # Whisper's translate task
+    assert {"good", "morning", "restaurant", "friends"} & set(words(to_english)), to_english
+    with pytest.raises(ValueError, match="English"):
+        models.asr("en").transcribe(spanish, "es")
+
+
+def test_apertium_one_process_per_pair_sentence_by_sentence():
+    pairs = apertium_pairs()
+    assert {("en", "es"), ("es", "en"), ("en", "ca"), ("fr", "es")} <= set(pairs)
+    translator = ApertiumTranslator("en", "es", pairs[("en", "es")])
+    try:
+        assert translator.translate("The weather is nice.") == "El tiempo es bueno."
+        process = translator._process
+        out = translator.translate("I like to read books in the morning.")
+        assert "libros" in out and "mañana" in out and out.endswith(".")
+        # Stream-format characters are escaped, not interpreted; NULs cannot split the answer.
+        assert "$5" in translator.translate("It costs $5 [really] a/b^c.")
+        assert translator.translate("one\0two") and translator.translate("   ") == ""
+        assert translator._process is process and process.poll() is None  # still the same process
+        process.kill()
+        process.wait()
+        assert translator.translate("Good morning.") and translator._process is not process  # restarted
+    finally:
+        translator.close()
+
+
+def test_espeak_tts_round_trip_is_spanish(models):
+    samples, rate = EspeakTTS().synthesize("Buenos días, me gustaría un vaso de agua.", "es")
+    assert rate == 22050 and 1.0 < len(samples) / rate < 5 and np.abs(samples).max() > 0.1
+    from tracks.outbound import resample
+    heard = models.asr("es").transcribe(resample(samples, rate, 16000), "es").text
+    assert len(set(words(heard)) & SPANISH_WORDS) >= 3, heard
+    assert {"es", "en", "ca", "fr", "de"} <= espeak_languages()
+    assert EspeakTTS().voice_for("es", "+f3") == "es+f3"
+    assert EspeakTTS().voice_for("es", "es-419") == "es-419"
+    assert EspeakTTS().voice_for("en", "es-419") == "en-us"  # after a swap: the new language's voice
+    samples, _ = EspeakTTS().synthesize("-v en hola", "es")  # leading dash is text, not a flag
+    assert len(samples) > 0
+
+
+def test_local_agreement_prefix():
+    assert agreed_prefix("I would like".split(), "i would, like a".split()) == 3
+    assert agreed_prefix("I would".split(), "You would".split()) == 0
+    assert agreed_prefix([], "anything".split()) == 0
+
+
+def test_options_and_language_pairs():
+    settings = Settings()
+    pairs = available_pairs(settings)
+    assert ("en", "es") in pairs and ("es", "en") in pairs and ("fr", "es") in pairs
+    assert ("de", "en") in pairs  # Whisper translate: any language into English
+    assert ("en", "de") not in pairs  # nothing translates English text to German offline
+
+    class Context:
+        pass
+
+    context = Context()
+    context.settings = settings
+    with pytest.raises(OptionError, match="available pairs: .*en->es"):
+        TranslationPipeline(context, {"source": "en", "target": "xx"})
+    with pytest.raises(OptionError, match="mode"):
+        TranslationPipeline(context, {"mode": "telepathy"})
+    with pytest.raises(OptionError, match="voice"):
+        TranslationPipeline(context, {"voice": "es; rm -rf /"})
+    pipeline = TranslationPipeline(context, {})
+    pipeline.configure({"source": "es", "target": "en"})  # swap
+    assert pipeline.options["source"] == "es" and pipeline.options["target"] == "en"
+
+
+# --- WebSocket endpoints ---------------------------------------------------------------------------
+async def ws_session(url: str, start: dict, audio: np.ndarray | None, rate: int = 16000,
+                     realtime: bool = False, timeout: float = 90):
+    """Start a stream, send the audio (in real time or at once), stop; returns (events, pcm)."""
+    events, pcm = [], bytearray()
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.send_json(start)
+        started = await ws.receive_json(timeout=30)
+        assert started["type"] == "started", started
+        events.append(started)
+        step = rate // 10
+        for i in range(0, len(audio), step):
+            await ws.send_bytes(pcm16(audio[i:i + step]))
+            if realtime:
+                await asyncio.sleep(0.1)
+        await ws.send_json({"type": "stop_stream"})
+        while True:
+            msg = await ws.receive(timeout=timeout)
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                pcm += msg.data
+                continue
+            event = json.loads(msg.data)
+            events.append(event)
+            if event["type"] == "stopped":
+                break
+    return events, np.frombuffer(bytes(pcm), "<i2").astype(np.float32) / 32768
+
+
+async def test_ws_translate_en_to_es(media_server, models):
+    english = load_audio(espeak("en-us", EN_TEXT))
+    padded = np.concatenate([np.zeros(8000, np.float32), english, np.zeros(16000, np.float32), english])
+    audio24 = load_audio(espeak("en-us", EN_TEXT), rate=24000)  # a client at another rate
+    events, speech = await ws_session(media_server.url.replace("http", "ws") + "/ws/translate",
+                                      {"type": "start_stream", "src_lang": "en", "tgt_lang": "es",
+                                       "sample_rate": 16000}, padded)
+    finals = [e for e in events if e["type"] == "translation" and e["final"]]
+    # Each sentence is an utterance (espeak pauses ~0.4 s between them): two per recording.
+    assert len(finals) == 4, events
+    for event in finals:
+        assert event["source_lang"] == "en" and event["target_lang"] == "es"
+        assert {"asr", "mt", "tts"} <= set(event["timings_ms"]) and event["latency_ms"] > 0
+    assert [e["text"] for e in finals[:2]] == [e["text"] for e in finals[2:]]  # same speech, same result
+    assert {"café", "agua", "taza", "vaso"} & set(words(finals[1]["text"])), finals
+    assert "buenos" in words(finals[0]["text"])
+    transcripts = [e for e in events if e["type"] == "transcript"]
+    assert all(e["final"] and e["language"] == "en" for e in transcripts) and len(transcripts) == 4
+    heard = models.asr("es").transcribe(speech, "es").text  # the returned audio is Spanish speech
+    assert len(set(words(heard)) & SPANISH_WORDS) >= 3, heard
+
+    events, speech = await ws_session(media_server.url.replace("http", "ws") + "/ws/translate",
+                                      {"type": "start_stream", "src_lang": "en", "tgt_lang": "es",
+                                       "sample_rate": 24000}, audio24, rate=24000)
+    assert [e for e in events if e["type"] == "translation"], events
+    assert len(speech) > 24000  # returned at the client's rate: > 1 s of speech at 24 kHz
+
+
+async def test_ws_stream_partials_commit_monotonically(media_server):
+    english = load_audio(espeak("en-us", EN_TEXT + " " + EN_TEXT, speed=140))
+    events, speech = await ws_session(media_server.url.replace("http", "ws") + "/ws/stream",
+                                      {"type": "start_stream", "src_lang": "en", "tgt_lang": "es",
+                                       "sample_rate": 16000}, english, realtime=True)
+    assert events[0]["mode"] == "streaming"
+    partials = [e for e in events if e["type"] == "transcript" and not e["final"]]
+    assert len(partials) >= 3, events
+    for before, after in zip(partials, partials[1:]):  # committed text only grows in an utterance
+        if before["utterance"] == after["utterance"]:
+            assert after["committed"].startswith(before["committed"]), (before, after)
+    translations = [e for e in events if e["type"] == "translation"]
+    assert any(not e["final"] for e in translations), [(e["type"], e.get("text"), e.get("committed"), e["final"], e["t"]) for e in events[1:]]
+    finals = [e for e in translations if e["final"]]
+    assert {"café", "agua", "taza", "vaso"} & {w for e in finals for w in words(e["text"])}, finals
+    for final in finals:  # each piece spoken once: the final caption is the pieces, in order
+        chunks = [e["chunk"] for e in translations if e["utterance"] == final["utterance"] and e["chunk"]]
+        assert " ".join(chunks) == final["text"], (chunks, final)
+    assert len(speech) > 16000
+
+
+async def test_ws_swap_languages_mid_session(media_server):
+    spanish = load_audio(espeak("es", ES_TEXT))
+    english = load_audio(espeak("en-us", EN_TEXT))
+    events = []
+    async with aiohttp.ClientSession() as http, \
+            http.ws_connect(media_server.url.replace("http", "ws") + "/ws/translate") as ws:
+        await ws.send_json({"type": "start_stream", "src_lang": "en", "tgt_lang": "es", "sample_rate": 16000})
+        await ws.send_bytes(pcm16(np.concatenate([english, np.zeros(12000, np.float32)])))
+        while not events or events[-1]["type"] != "translation":
+            msg = await ws.receive(timeout=60)
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                events.append(json.loads(msg.data))
+        await ws.send_json({"type": "config", "options": {"source": "es", "target": "en"}})
+        await ws.send_bytes(pcm16(spanish))
+        await ws.send_json({"type": "stop_stream"})
+        while events[-1]["type"] != "stopped":
+            msg = await ws.receive(timeout=60)
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                events.append(json.loads(msg.data))
+    config = next(e for e in events if e["type"] == "config")
+    assert config["options"]["source"] == "es" and config["options"]["target"] == "en"
+    finals = [e for e in events if e["type"] == "translation" and e["final"]]
+    targets = [e["target_lang"] for e in finals]
+    assert targets == ["es"] * targets.count("es") + ["en"] * targets.count("en") and "en" in targets, finals
+    english = {w for e in finals if e["target_lang"] == "en" for w in words(e["text"])}
+    assert len({"good", "morning", "restaurant", "friends", "eat"} & english) >= 2, finals
+
+
+async def test_ws_bad_input(media_server):
+    url = media_server.url.replace("http", "ws") + "/ws/translate"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        async def expect_error(needle):
+            event = await ws.receive_json(timeout=10)
+            assert event["type"] == "error" and needle in event["message"], event
+
+        await ws.send_bytes(b"\0\0" * 100)  # audio before start
+        await expect_error("start_stream")
+        await ws.send_str("{not json")
+        await expect_error("JSON")
+        await ws.send_json({"type": "start_stream", "src_lang": "en"})  # malformed start
+        await expect_error("tgt_lang")
+        await ws.send_json({"type": "start_stream", "src_lang": "en", "tgt_lang": "es", "sample_rate": 12345})
+        await expect_error("sample_rate")
+        await ws.send_json({"type": "start_stream", "src_lang": "en", "tgt_lang": "klingon"})
+        await expect_error("en->es")  # names the available pairs
+        await ws.send_json({"type": "dance"})
+        await expect_error("unknown message type")
+        await ws.send_json({"type": "start_stream", "src_lang": "en", "tgt_lang": "es"})
+        assert (await ws.receive_json(timeout=30))["type"] == "started"
+        await ws.send_bytes(b"")
+        await expect_error("empty")
+        await ws.send_bytes(b"\0\0\0")
+        await expect_error("even")
+        await ws.send_json({"type": "config", "options": {"target": "xx"}})
+        await expect_error("available pairs")
+        await ws.send_json({"type": "stop_stream"})  # nothing sent: empty audio
+        await expect_error("no audio")
+        assert (await ws.receive_json(timeout=10))["type"] == "stopped"
+        await ws.send_bytes(b"\0\0" * 100)  # audio after stop
+        await expect_error("start_stream")
+        await ws.send_json({"type": "ping", "id": 7})
+        assert (await ws.receive_json(timeout=10)) == {"type": "pong", "id": 7}  # still serving
+
+
+async def test_languages_endpoint(media_server):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(media_server.url + "/languages") as resp:
+            body = await resp.json()
+        async with http.get(media_server.url + "/health") as resp:
+            health = await resp.json()
+    pairs = {(p["source"], p["target"]): p["mt"] for p in body["pairs"]}
+    assert pairs[("en", "es")] == "apertium" and pairs[("de", "en")] == "whisper"
+    assert "translation" in health["pipelines"]
+
+
+# --- real recordings -------------------------------------------------------------------------------
+def librivox_references() -> dict[str, str]:
+    refs = {}
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        match = re.match(r"(.*)\((\S+)\)\s*$", line)
+        if match:
+            refs[match.group(2)] = match.group(1).strip().lower()
+    return refs
+
+
+async def test_librivox_recordings_through_the_cascade(media_server):
+    refs = librivox_references()
+    clips = sorted(LIBRIVOX.glob("*.wav"))[:2]
+    audio = np.concatenate([np.concatenate([load_audio(c), np.zeros(12000, np.float32)]) for c in clips])
+    events, speech = await ws_session(media_server.url.replace("http", "ws") + "/ws/translate",
+                                      {"type": "start_stream", "src_lang": "en", "tgt_lang": "es",
+                                       "sample_rate": 16000}, audio)
+    heard = " ".join(e["text"] for e in events if e["type"] == "transcript")
+    reference = " ".join(refs[c.stem] for c in clips)
+    error = jiwer.wer(" ".join(words(reference)), " ".join(words(heard)))
+    assert error < 0.3, (error, heard, reference)
+    translated = " ".join(e["text"] for e in events if e["type"] == "translation")
+    assert len(words(translated)) > 10 and len(speech) > 16000 * 3
