@@ -69,7 +69,7 @@ async def open_page(page, url: str) -> None:
     await page.goto(url)
     await page.wait_for_selector("#pipeline-gender")  # /health answered and was listed
     assert await page.is_checked("#pipeline-gender")  # a default pipeline
-    assert await page.is_enabled("#start")
+    await page.wait_for_selector("#start:enabled")  # enabled once the pipelines' UI modules loaded
 
 
 async def wait_sessions(server, count: int, timeout: float = 10.0) -> None:
