@@ -38,7 +38,7 @@ from pipelines.stages.text_emotion import (PrototypeTextEmotion, SentenceEncoder
                                            crisis_terms)
 from pipelines.stages.vad import SileroVAD
 from server.batching import Batcher
-from tracks.buffers import SAMPLE_RATE, AudioOverrun
+from tracks.buffers import SAMPLE_RATE
 
 
 HOP = 0.128  # seconds of audio per VAD step
@@ -231,16 +231,8 @@ class EmotionPipeline(Pipeline):
         speech_samples = 0
         fresh: list[np.ndarray] = []  # speech since the last estimate
         last_estimate = 0.0
-        cursor = audio.end
         loop = asyncio.get_running_loop()
-        while True:
-            await audio.wait_for(cursor + hop)
-            try:
-                chunk = audio.read(cursor, cursor + hop)
-            except AudioOverrun:
-                cursor = audio.end - hop
-                continue
-            cursor += hop
+        async for _, chunk in audio.chunks(hop):
             probs = await loop.run_in_executor(None, vad, chunk)
             if len(probs) and probs.max() >= self.options["vad_threshold"]:
                 speech.append(chunk)

@@ -27,7 +27,7 @@ from pipelines.base import OptionError, Pipeline
 from pipelines.stages.pitch import yin
 from pipelines.stages.vad import SileroVAD
 from server.batching import Batcher
-from tracks.buffers import SAMPLE_RATE, AudioOverrun
+from tracks.buffers import SAMPLE_RATE
 
 HOP = 0.128  # seconds of audio read per step (4 VAD chunks)
 
@@ -190,16 +190,8 @@ class GenderPipeline(Pipeline):
         speech_samples = 0
         fresh_speech = 0  # speech samples since the last result
         last_result = 0.0
-        cursor = audio.end
         loop = asyncio.get_running_loop()
-        while True:
-            await audio.wait_for(cursor + hop)
-            try:
-                chunk = audio.read(cursor, cursor + hop)
-            except AudioOverrun:  # fell behind (e.g. CPU starved): skip to the present
-                cursor = audio.end - hop
-                continue
-            cursor += hop
+        async for _, chunk in audio.chunks(hop):
             probs = await loop.run_in_executor(None, vad, chunk)
             if len(probs) and probs.max() >= self.options["vad_threshold"]:
                 speech.append(chunk)

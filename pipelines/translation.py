@@ -39,7 +39,7 @@ from pipelines.stages.mt import ApertiumTranslator, TransformersTranslator, aper
 from pipelines.stages.seamless import CODES as SEAMLESS_CODES
 from pipelines.stages.tts import EspeakTTS, TransformersTTS, espeak_languages
 from pipelines.stages.vad import CHUNK, SileroVAD
-from tracks.buffers import SAMPLE_RATE, AudioOverrun
+from tracks.buffers import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -298,18 +298,13 @@ class TranslationPipeline(Pipeline):
         loop = asyncio.get_running_loop()
         preroll: deque[np.ndarray] = deque(maxlen=max(1, int(PREROLL * SAMPLE_RATE / HOP)))
         silence = 0
-        cursor = self.cursor = audio.start  # audio that came while the models loaded is not lost
-        while True:
-            await audio.wait_for(cursor + HOP)
-            try:
-                chunk = audio.read(cursor, cursor + HOP)
-            except AudioOverrun:  # fell behind (CPU starved): skip to the present
-                cursor = self.cursor = audio.end - HOP
+        self.cursor = audio.start  # audio that came while the models loaded is not lost
+        async for start, chunk in audio.chunks(HOP, self.cursor):
+            if start != self.cursor:  # fell a ring behind (CPU starved) and skipped to the present
                 silence = 0
-                continue
             arrived = time.monotonic()  # ~ when the hop's last sample came in
             probs = await loop.run_in_executor(None, vad, chunk)
-            cursor = self.cursor = cursor + HOP
+            cursor = self.cursor = start + HOP
             speech = bool(len(probs)) and float(probs.max()) >= self.options["vad_threshold"]
             utterance = self._utterance
             if utterance is None:

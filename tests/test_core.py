@@ -281,3 +281,21 @@ def test_latest_frame_converts_once_and_serialises_threads():
     assert all(a is arrays[0] for a in arrays) and not arrays[0].flags.writeable
     assert np.abs(arrays[0].astype(int) - image).mean() < 8
     assert latest.to_array(frame, "rgb24").shape == (240, 320, 3)
+
+
+async def test_ring_chunks_are_consecutive_and_skip_to_the_present_when_overrun():
+    ring = AudioRing(seconds=1.0, sample_rate=100)  # capacity 100
+    chunks = ring.chunks(10, start=0)
+    ring.write(np.arange(25, dtype=np.float32))
+    first, second = await anext(chunks), await anext(chunks)
+    assert first[0] == 0 and second[0] == 10
+    np.testing.assert_array_equal(second[1], np.arange(10, 20))
+    ring.write(np.arange(25, 400, dtype=np.float32))  # the reader is now a whole ring behind
+    start, chunk = await anext(chunks)
+    assert start == 390  # skipped to the present instead of failing
+    np.testing.assert_array_equal(chunk, np.arange(390, 400))
+    nxt = asyncio.ensure_future(anext(chunks))
+    await asyncio.sleep(0.01)
+    assert not nxt.done()  # waits for audio that has not arrived
+    ring.write(np.arange(400, 410, dtype=np.float32))
+    assert (await asyncio.wait_for(nxt, 1))[0] == 400

@@ -56,6 +56,21 @@ class AudioRing:
         count = min(count, self.end - self.start)
         return self.read(self.end - count, self.end)
 
+    async def chunks(self, size: int, start: int | None = None):
+        """Consecutive ``size``-sample chunks as ``(start index, samples)``, from ``start``
+        (default: now) on, as they arrive. A reader that falls a whole ring behind (CPU
+        starvation) skips to the present: the next chunk's start index shows the gap."""
+        cursor = self.end if start is None else start
+        while True:
+            await self.wait_for(cursor + size)
+            try:
+                chunk = self.read(cursor, cursor + size)
+            except AudioOverrun:
+                cursor = self.end - size
+                continue
+            yield cursor, chunk
+            cursor += size
+
     async def wait_for(self, sample_index: int) -> None:
         """Wait until ``sample_index`` samples have been written."""
         while self.end < sample_index:
