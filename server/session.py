@@ -9,13 +9,13 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from pipelines.base import OptionError, Pipeline
+from server.context import PipelineContext
 from tracks.buffers import AudioRing, LatestFrame
 from tracks.inbound import read_audio, read_video
 from tracks.outbound import SpeechAudioTrack, SynthVideoTrack
@@ -40,13 +40,9 @@ def release_audio_early(receiver) -> None:
         buffer._prefetch = 1
 
 
-class Session:
+class Session(PipelineContext):
     def __init__(self, server: "MediaServer", configuration: RTCConfiguration):
-        self.server = server
-        self.settings = server.settings
-        self.metrics = server.metrics
-        self.id = uuid.uuid4().hex
-        self.started = time.monotonic()
+        super().__init__(server)
         self.last_seen = self.started
         self.pc = RTCPeerConnection(configuration)
         self.audio = AudioRing()
@@ -57,7 +53,6 @@ class Session:
         self.pipelines: dict[str, Pipeline] = {}
         self.channel = None
         self._overlays: dict[str, list[str]] = {}
-        self._subscribers: dict[str, list[asyncio.Queue]] = {}
         self._unsent: deque[str] = deque(maxlen=64)  # events emitted before the channel opened
         self._ready_sent = False
         self._tasks: set[asyncio.Task] = set()
@@ -182,7 +177,7 @@ class Session:
     # --- outputs -------------------------------------------------------------------------------
     def emit(self, type: str, **fields) -> None:
         """Send a JSON event on the data channel (queued briefly if it is not open yet)."""
-        message = json.dumps({"type": type, "t": round(time.monotonic() - self.started, 3), **fields})
+        message = self.event_json(type, **fields)
         if not self._channel_open():
             self._unsent.append(message)
         elif self.channel.bufferedAmount > MAX_CHANNEL_BACKLOG:
@@ -192,35 +187,11 @@ class Session:
             self.channel.send(message)
         self.metrics.events_out.labels(type).inc()
 
-    def emit_error(self, pipeline: str | None, message: str) -> None:
-        self.emit("error", pipeline=pipeline, message=message)
-
-    def publish(self, topic: str, item: Any) -> None:
-        """Hand an item to the session's other pipelines (e.g. "transcript" from speech
-        recognition to the emotion pipeline). Never blocks: a slow subscriber loses its oldest."""
-        for queue in self._subscribers.get(topic, ()):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(item)
-
-    def subscribe(self, topic: str, maxsize: int = 32) -> asyncio.Queue:
-        """A bounded queue that receives every item later published on ``topic``."""
-        queue: asyncio.Queue = asyncio.Queue(maxsize)
-        self._subscribers.setdefault(topic, []).append(queue)
-        return queue
-
     def set_overlay(self, name: str, lines: list[str]) -> None:
         self._overlays[name] = lines
 
     def overlay_lines(self) -> list[str]:
         return [line for lines in self._overlays.values() for line in lines]
-
-    def observe_inference(self, pipeline: str, stage: str, seconds: float) -> None:
-        self.metrics.inference.labels(pipeline, stage).observe(seconds)
-
-    async def load_shared(self, cls: type[Pipeline]) -> Any:
-        """The pipeline's process-wide models, loaded on a worker thread the first time."""
-        return await asyncio.to_thread(cls.shared, self.settings)
 
     # --- lifetime ------------------------------------------------------------------------------
     async def _guard(self, name: str, coro) -> None:

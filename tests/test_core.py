@@ -248,16 +248,10 @@ async def test_video_track_skips_missed_frames_instead_of_bursting():
 
 
 async def test_session_bus_is_bounded_and_fans_out():
-    from server.session import Session
+    from types import SimpleNamespace
+    from server.context import PipelineContext
 
-    class Bus:  # only the bus part of a Session
-        publish = Session.publish
-        subscribe = Session.subscribe
-
-        def __init__(self):
-            self._subscribers = {}
-
-    bus = Bus()
+    bus = PipelineContext(SimpleNamespace(settings=None, metrics=None))
     bus.publish("transcript", "nobody listens")  # no subscribers: dropped, no error
     a, b = bus.subscribe("transcript", maxsize=2), bus.subscribe("transcript", maxsize=2)
     for i in range(3):

@@ -22,13 +22,12 @@ import asyncio
 import json
 import logging
 import time
-import uuid
-from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from pipelines.base import OptionError, Pipeline
+from pipelines.base import OptionError
+from server.context import PipelineContext
 from tracks.buffers import SAMPLE_RATE, AudioRing
 from tracks.outbound import resample
 
@@ -65,22 +64,17 @@ class SocketAudioOut:
         self._play_end = 0.0
 
 
-class SocketSession:
+class SocketSession(PipelineContext):
     """What a pipeline sees of a session, for one WebSocket."""
 
     def __init__(self, server, ws: web.WebSocketResponse, sample_rate: int):
-        self.server = server
-        self.settings = server.settings
-        self.metrics = server.metrics
-        self.id = uuid.uuid4().hex
-        self.started = time.monotonic()
+        super().__init__(server)
         self.ws = ws
         self.sample_rate = sample_rate
         self.audio = AudioRing()
         self.audio_out = SocketAudioOut(self._put, sample_rate)
         self.camera = None
         self._outbox: asyncio.Queue = asyncio.Queue(OUTBOX)
-        self._subscribers: dict[str, list[asyncio.Queue]] = {}
         self._sender = asyncio.get_running_loop().create_task(self._send_loop())
 
     # --- inbound -----------------------------------------------------------------------------------
@@ -115,31 +109,8 @@ class SocketSession:
             await asyncio.sleep(0.01)
 
     def emit(self, type: str, **fields) -> None:
-        if self._put(json.dumps({"type": type, "t": round(time.monotonic() - self.started, 3), **fields})):
+        if self._put(self.event_json(type, **fields)):
             self.metrics.events_out.labels(type).inc()
-
-    def emit_error(self, pipeline: str | None, message: str) -> None:
-        self.emit("error", pipeline=pipeline, message=message)
-
-    def publish(self, topic: str, item: Any) -> None:
-        for queue in self._subscribers.get(topic, ()):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(item)
-
-    def subscribe(self, topic: str, maxsize: int = 32) -> asyncio.Queue:
-        queue: asyncio.Queue = asyncio.Queue(maxsize)
-        self._subscribers.setdefault(topic, []).append(queue)
-        return queue
-
-    def set_overlay(self, name: str, lines: list[str]) -> None:
-        pass  # no video on a socket
-
-    def observe_inference(self, pipeline: str, stage: str, seconds: float) -> None:
-        self.metrics.inference.labels(pipeline, stage).observe(seconds)
-
-    async def load_shared(self, cls: type[Pipeline]) -> Any:
-        return await asyncio.to_thread(cls.shared, self.settings)
 
     async def close(self) -> None:
         self._sender.cancel()
