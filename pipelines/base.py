@@ -1,7 +1,8 @@
 """The pipeline interface. One instance per session; heavy models are shared per process.
 
-A pipeline reads the session's inputs and writes its outputs, all through the ``Session`` it is
-given (see ``server/session.py``):
+A pipeline reads the session's inputs and writes its outputs, all through the context it is
+given: a WebRTC ``Session`` (server/session.py) or a WebSocket's ``SocketSession``, both
+``PipelineContext``s (server/context.py):
 
     inputs   session.audio       AudioRing, 16 kHz mono float32, absolute sample clock
              session.camera      LatestFrame of the inbound video (PyAV frames) or None
