@@ -231,9 +231,8 @@ class EmotionPipeline(Pipeline):
         speech_samples = 0
         fresh: list[np.ndarray] = []  # speech since the last estimate
         last_estimate = 0.0
-        loop = asyncio.get_running_loop()
         async for _, chunk in audio.chunks(hop):
-            probs = await loop.run_in_executor(None, vad, chunk)
+            probs = await vad.feed(chunk)
             if len(probs) and probs.max() >= self.options["vad_threshold"]:
                 speech.append(chunk)
                 fresh.append(chunk)

@@ -190,9 +190,8 @@ class GenderPipeline(Pipeline):
         speech_samples = 0
         fresh_speech = 0  # speech samples since the last result
         last_result = 0.0
-        loop = asyncio.get_running_loop()
         async for _, chunk in audio.chunks(hop):
-            probs = await loop.run_in_executor(None, vad, chunk)
+            probs = await vad.feed(chunk)
             if len(probs) and probs.max() >= self.options["vad_threshold"]:
                 speech.append(chunk)
                 speech_samples += len(chunk)

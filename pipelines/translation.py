@@ -295,7 +295,6 @@ class TranslationPipeline(Pipeline):
     async def _segment(self, models: TranslationModels) -> None:
         audio = self.session.audio
         vad = models.vad.stream()
-        loop = asyncio.get_running_loop()
         preroll: deque[np.ndarray] = deque(maxlen=max(1, int(PREROLL * SAMPLE_RATE / HOP)))
         silence = 0
         self.cursor = audio.start  # audio that came while the models loaded is not lost
@@ -303,7 +302,7 @@ class TranslationPipeline(Pipeline):
             if start != self.cursor:  # fell a ring behind (CPU starved) and skipped to the present
                 silence = 0
             arrived = time.monotonic()  # ~ when the hop's last sample came in
-            probs = await loop.run_in_executor(None, vad, chunk)
+            probs = await vad.feed(chunk)
             cursor = self.cursor = start + HOP
             speech = bool(len(probs)) and float(probs.max()) >= self.options["vad_threshold"]
             utterance = self._utterance

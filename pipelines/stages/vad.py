@@ -5,7 +5,9 @@ the model is shared by every session without locks (onnxruntime's ``run`` is thr
 """
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,9 @@ class SileroVAD:
         path = Path(package) / "data" / "silero_vad.onnx"
         self.session = onnxruntime.InferenceSession(str(path), sess_options=opts,
                                                     providers=["CPUExecutionProvider"])
+        # Its own thread: in the shared default executor, VAD would queue behind video encoding
+        # and composing, and under load every pipeline's speech detection would fall behind.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer-vad")
 
     def stream(self) -> "VadStream":
         return VadStream(self)
@@ -40,6 +45,10 @@ class VadStream:
         self.state = np.zeros((2, 1, 128), dtype=np.float32)
         self.context = np.zeros(CONTEXT, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
+
+    async def feed(self, samples: np.ndarray) -> np.ndarray:
+        """``self(samples)`` on the VAD's own worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.vad.executor, self, samples)
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         """Feed samples (any length); returns one probability per completed 512-sample chunk."""
