@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: run test bench setup system-deps clean
 
 run: setup
-	$(PY) webrtc_server.py --host $(HOST) --port $(PORT)
+	$(PY) webrtc_server.py --host $(HOST) --port $(PORT) --preload all
 
 test: setup
 	$(PY) -m pytest -q tests

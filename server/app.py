@@ -47,6 +47,9 @@ class MediaServer:
         unknown = set(settings.pipelines) - set(PIPELINES)
         if unknown:
             raise ValueError(f"unknown default pipeline(s) {sorted(unknown)}; valid: {sorted(PIPELINES)}")
+        unknown = set(settings.preload) - set(PIPELINES) - {"all"}
+        if unknown:
+            raise ValueError(f"unknown pipeline(s) to preload {sorted(unknown)}; valid: all, {sorted(PIPELINES)}")
         self._background: list[asyncio.Task] = []
 
     def app(self) -> web.Application:
@@ -65,15 +68,17 @@ class MediaServer:
     async def _on_startup(self, app) -> None:
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self.metrics.monitor_loop_lag(), name="loop-lag"))
-        # Load the default pipelines' models now, so the first visitor doesn't wait for them.
-        for name in self.settings.pipelines:
-            self._background.append(loop.create_task(self._preload(name), name=f"preload-{name}"))
+        # Load models now, so the first visitor doesn't wait for them: one pipeline after another
+        # (loading in parallel would only fight over the GIL).
+        self._background.append(loop.create_task(self._preload_all(), name="preload"))
 
-    async def _preload(self, name: str) -> None:
-        try:
-            await asyncio.to_thread(PIPELINES[name].shared, self.settings)
-        except Exception:  # sessions will retry and report the error on their data channel
-            log.exception("could not load the models of pipeline %s", name)
+    async def _preload_all(self) -> None:
+        preload = self.settings.preload or self.settings.pipelines
+        for name in (list(PIPELINES) if "all" in preload else preload):
+            try:
+                await asyncio.to_thread(PIPELINES[name].shared, self.settings)
+            except Exception:  # sessions will retry and report the error on their data channel
+                log.exception("could not load the models of pipeline %s", name)
 
     async def _on_shutdown(self, app) -> None:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)

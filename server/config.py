@@ -23,6 +23,7 @@ class Settings:
     gender_backend: str = "pitch"
     gender_model: str = "7wolf/wav2vec2-base-gender-classification"
     max_body_bytes: int = 256 * 1024
+    preload: list[str] = field(default_factory=list)  # pipelines whose models load at start-up
     portrait_dir: str = ""  # talking_head: where uploaded portraits are kept ("": memory only)
     max_avatar_sessions: int = 32  # talking_head REST avatar sessions at once
     avatar_idle_timeout: float = 120.0  # seconds before an unused REST avatar session is removed
@@ -53,6 +54,7 @@ _ENV = {
     "ice_hosts": ("MMS_ICE_HOSTS", "offer only these host addresses as ICE candidates (repeatable)"),
     "video_fps": ("MMS_VIDEO_FPS", "frame rate of the outbound video track"),
     "heartbeat_timeout": ("MMS_HEARTBEAT_TIMEOUT", "seconds without media or messages before a session is closed"),
+    "preload": ("MMS_PRELOAD", "pipelines whose models load at start-up, or 'all' (default: the default pipelines)"),
     "gender_backend": ("MMS_GENDER_BACKEND", "voice-gender backend: pitch (embedded) or wav2vec2"),
     "gender_model": ("MMS_GENDER_MODEL", "transformers model id or local path for the wav2vec2 backend"),
     "portrait_dir": ("MMS_PORTRAIT_DIR", "talking_head: folder that keeps uploaded portraits (empty: memory only)"),
