@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from pipelines.base import OptionError, Pipeline
+from pipelines.stages.audio_classifier import AudioClassifier, softmax
 from pipelines.stages.pitch import yin
 from pipelines.stages.vad import SileroVAD
 from server.batching import Batcher
@@ -74,63 +75,22 @@ def _label_index(labels: dict[int, str], names: set[str]) -> int | None:
 
 
 class Wav2Vec2Gender:
-    """transformers audio classification (hub id or local folder), batched, on cpu or cuda.
-
-    Clips of different lengths are padded into one batch with an attention mask only where the
-    model honours the mask: its feature extractor says it returns one (the transformers
-    convention) and its convolutional front end is not group-normalised. A group norm (as in
-    wav2vec2-base and the gender models fine-tuned from it) normalises over the whole padded
-    length, so padding would change every clip's result; such models get one forward pass per
-    group of equal-length clips instead (in steady state every session's window has the same
-    length, so that is still one batch).
-    """
+    """transformers audio classification (hub id or local folder), batched, on cpu or cuda."""
 
     name = "wav2vec2"
 
     def __init__(self, model: str, device: str = "cpu"):
-        import torch
-        from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
-
-        self.torch = torch
-        self.device = device
-        self.extractor = AutoFeatureExtractor.from_pretrained(model)
-        self.model = AutoModelForAudioClassification.from_pretrained(model).to(device).eval()
-        labels = {int(i): str(l).strip().lower() for i, l in self.model.config.id2label.items()}
+        self.classifier = AudioClassifier(model, device)
+        labels = {i: label.strip().lower() for i, label in self.classifier.id2label.items()}
         self.female = _label_index(labels, FEMALE_LABELS)
         self.male = _label_index(labels, MALE_LABELS)
         if self.female is None or self.male is None:
             raise ValueError(f"model {model!r} has labels {list(labels.values())}; need female and male")
-        self.pad_with_mask = (bool(getattr(self.extractor, "return_attention_mask", False))
-                              and getattr(self.model.config, "feat_extract_norm", None) != "group")
 
     def predict(self, clips: Sequence[np.ndarray]) -> list[GenderResult]:
-        clips = [np.asarray(c, dtype=np.float32).reshape(-1) for c in clips]
-        if not clips:
-            return []
-        if self.pad_with_mask:
-            groups = [list(range(len(clips)))]
-        else:
-            by_length: dict[int, list[int]] = {}
-            for i, clip in enumerate(clips):
-                by_length.setdefault(len(clip), []).append(i)
-            groups = list(by_length.values())
-        results: list[GenderResult | None] = [None] * len(clips)
-        for group in groups:
-            pair = self._probabilities([clips[i] for i in group])
-            for i, (pf, pm) in zip(group, pair):
-                results[i] = GenderResult("female" if pf >= pm else "male", float(max(pf, pm)), {})
-        return results
-
-    def _probabilities(self, clips: list[np.ndarray]) -> np.ndarray:
-        """(P(female), P(male)) per clip, the softmax over just those two labels."""
-        inputs = self.extractor(clips, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt",
-                                return_attention_mask=self.pad_with_mask)
-        if not self.pad_with_mask:
-            inputs.pop("attention_mask", None)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        with self.torch.inference_mode():
-            logits = self.model(**inputs).logits.float()
-        return self.torch.softmax(logits[:, [self.female, self.male]], dim=-1).cpu().numpy()
+        # The softmax over just the two labels: P(female), P(male) per clip.
+        pairs = softmax(self.classifier.logits(clips)[:, [self.female, self.male]])
+        return [GenderResult("female" if pf >= pm else "male", float(max(pf, pm)), {}) for pf, pm in pairs]
 
 
 def make_backend(name: str, model: str, device: str):

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipelines.stages.audio_classifier import AudioClassifier, softmax
 from pipelines.stages.fusion import INDEX, LABELS, Estimate, label_map, project
 from pipelines.stages.pitch import yin
 
@@ -121,23 +122,12 @@ class TransformersVoiceEmotion:
     name = "transformers"
 
     def __init__(self, model: str, device: str = "cpu"):
-        import torch
-        from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
-
-        self.torch = torch
-        self.device = device
-        self.extractor = AutoFeatureExtractor.from_pretrained(model)
-        self.model = AutoModelForAudioClassification.from_pretrained(model).to(device).eval()
-        self.mapping = label_map(self.model.config.id2label)
+        self.classifier = AudioClassifier(model, device)
+        self.mapping = label_map(self.classifier.id2label)
 
     def predict(self, clips: Sequence[np.ndarray]) -> list[Estimate]:
         out = []
-        for clip in clips:  # one by one: wav2vec2-base's group norm makes padding change results
-            inputs = self.extractor(np.asarray(clip, dtype=np.float32), sampling_rate=SAMPLE_RATE,
-                                    return_tensors="pt")
-            inputs = {k: v.to(self.device) for k, v in inputs.items()}
-            with self.torch.inference_mode():
-                logits = self.model(**inputs).logits.float()
-            probs, covers = project(self.torch.softmax(logits, -1)[0].cpu().numpy(), self.mapping)
+        for probs in softmax(self.classifier.logits(clips)):
+            probs, covers = project(probs, self.mapping)
             out.append(Estimate(probs, float(probs.max()), covers, {"method": "transformers"}))
         return out
