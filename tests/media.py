@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -72,7 +71,3 @@ def write_y4m(path: str | Path, frames: list[np.ndarray], fps: int = 25) -> Path
                 data = np.frombuffer(plane, dtype=np.uint8).reshape(h, plane.line_size)[:, :w]
                 f.write(data.tobytes())
     return Path(path)
-
-
-def have(program: str) -> bool:
-    return shutil.which(program) is not None

@@ -14,11 +14,9 @@ from pipelines.gender import GenderPipeline, PitchGender, make_backend
 from pipelines.stages.pitch import yin
 from pipelines.stages.vad import CHUNK, SileroVAD
 from server.batching import Batcher
-from tests.media import espeak, flite, have, load_audio
+from tests.media import espeak, flite, load_audio
 
 SR = 16000
-needs_espeak = pytest.mark.skipif(not have("espeak-ng"), reason="espeak-ng not installed")
-needs_flite = pytest.mark.skipif(not have("flite"), reason="flite not installed")
 
 
 def harmonic(f0: float, seconds: float = 1.0, amps=(1.0, 0.6, 0.4, 0.3, 0.2, 0.1), seed: int = 0,
@@ -102,8 +100,6 @@ def vad() -> SileroVAD:
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
     """1 s of silence, espeak-ng speech (about 10 s), 1 s of silence."""
-    if not have("espeak-ng"):
-        pytest.skip("espeak-ng not installed")
     pad = np.zeros(SR, dtype=np.float32)
     return np.concatenate([pad, load_audio(espeak("en")), pad])
 
@@ -155,7 +151,6 @@ def test_vad_streams_are_independent_across_threads(vad, speech):
 # ------------------------------------------------------------------------------------------------
 # PitchGender on real voices
 
-@needs_espeak
 @pytest.mark.parametrize("voice,label", [("en", "male"), ("en-us", "male"), ("en+m3", "male"),
                                          ("de", "male"), ("en+f3", "female"), ("en+f4", "female"),
                                          ("en+f2", "female"), ("fr+f2", "female")])
@@ -169,7 +164,6 @@ def test_pitch_gender_espeak(voice, label):
     assert windows and all(r.label == label for r in PitchGender().predict(windows))
 
 
-@needs_flite
 @pytest.mark.parametrize("voice,label", [("slt", "female"), ("awb", "male"), ("rms", "male"),
                                          ("kal", "male")])
 def test_pitch_gender_flite(voice, label):
@@ -210,7 +204,7 @@ def test_pitch_gender_scale_and_confidence():
 # Wav2Vec2Gender (a tiny random model saved locally: the same from_pretrained path as a hub id)
 
 def save_tiny_model(path, *, norm: str, id2label: dict[int, str], mask: bool, seed: int = 3):
-    torch = pytest.importorskip("torch")
+    import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
     torch.manual_seed(seed)
