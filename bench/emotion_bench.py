@@ -68,7 +68,7 @@ def stats_ms(seconds: list[float]) -> dict:
 
 # --- 1. face stage ---------------------------------------------------------------------------------
 def bench_face(frames: int = 100) -> dict:
-    from pipelines.stages.face_expression import FerExpression, crop
+    from pipelines.emotion.face_expression import FerExpression, crop
 
     fer = FerExpression()
     video = VideoFrame.from_ndarray(webcam_frame(), format="bgr24").reformat(format="yuv420p")
@@ -104,11 +104,11 @@ def bench_stage_cpu(seconds: int = 20) -> dict:
     """CPU the emotion stages use per second of one session, without WebRTC: 4 face frames
     (640x480, face tracked), VAD over 1 s of speech, MFCCs, a prosody estimate over the last 3 s,
     fusion; a typed sentence every 5 s. Process CPU time (all threads) / session seconds."""
-    from pipelines.stages.face_expression import FerExpression
-    from pipelines.stages.fusion import Estimate, LabelHysteresis, Smoother, fuse
-    from pipelines.stages.prosody import MfccExtractor, ProsodyBaseline, prosody_features
-    from pipelines.stages.text_emotion import PrototypeTextEmotion
-    from pipelines.stages.vad import SileroVAD
+    from pipelines.emotion.face_expression import FerExpression
+    from pipelines.emotion.fusion import Estimate, LabelHysteresis, Smoother, fuse
+    from pipelines.emotion.prosody import MfccExtractor, ProsodyBaseline, prosody_features
+    from pipelines.emotion.text_emotion import PrototypeTextEmotion
+    from pipelines.common.vad import SileroVAD
 
     fer, vad, mfcc, text = FerExpression(), SileroVAD().stream(), MfccExtractor(), PrototypeTextEmotion()
     baseline, smoother, labels = ProsodyBaseline(), Smoother(1.0), LabelHysteresis()

@@ -47,11 +47,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.gender import HOP, GenderPipeline, PitchGender  # noqa: E402
-from pipelines.stages.pitch import yin  # noqa: E402
-from pipelines.stages.vad import SileroVAD  # noqa: E402
+from pipelines.gender.pipeline import HOP, GenderPipeline, PitchGender  # noqa: E402
+from pipelines.common.pitch import yin  # noqa: E402
+from pipelines.common.vad import SileroVAD  # noqa: E402
 from tests.media import LIBRIVOX, espeak, flite, load_audio  # noqa: E402
-from tracks.buffers import SAMPLE_RATE  # noqa: E402
+from media.buffers import SAMPLE_RATE  # noqa: E402
 
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 

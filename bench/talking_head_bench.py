@@ -46,9 +46,9 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from client import ArrayAudioTrack, StreamClient  # noqa: E402
-from pipelines.stages.avatar_render import Rig, TorchWarper  # noqa: E402
-from pipelines.stages.face import FaceAnalyzer, default_portrait_image  # noqa: E402
-from pipelines.talking_head import Avatar  # noqa: E402
+from pipelines.talking_head.avatar_render import Rig, TorchWarper  # noqa: E402
+from pipelines.talking_head.face import FaceAnalyzer, default_portrait_image  # noqa: E402
+from pipelines.talking_head.pipeline import Avatar  # noqa: E402
 from server.ice import restrict_ice_hosts  # noqa: E402
 from tests.media import espeak, load_audio  # noqa: E402
 

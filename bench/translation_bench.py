@@ -30,10 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jiwer  # noqa: E402
 import sacrebleu  # noqa: E402
 
-from pipelines.translation import TranslationPipeline  # noqa: E402
+from inference import ModelRegistry  # noqa: E402
+from media.audio import SAMPLE_RATE  # noqa: E402
+from pipelines.context import PipelineContext  # noqa: E402
+from pipelines.translation.pipeline import TranslationPipeline  # noqa: E402
 from server.config import Settings  # noqa: E402
+from server.metrics import Metrics  # noqa: E402
 from tests.media import espeak, flite, load_audio  # noqa: E402
-from tracks.buffers import SAMPLE_RATE, AudioRing  # noqa: E402
 
 SENTENCES = [
     ("I would like a cup of coffee please.", "Quisiera una taza de café, por favor."),
@@ -51,20 +54,6 @@ SENTENCES = [
 ]
 LEAD, TRAIL = 0.5, 2.0  # seconds of silence before and after each sentence
 FRAME = SAMPLE_RATE // 50  # fed in 20 ms frames, like a WebRTC track
-
-
-class Metrics:
-    class _Counter:
-        def labels(self, *a):
-            return self
-
-        def inc(self, *a):
-            pass
-
-        def observe(self, *a):
-            pass
-
-    events_dropped = events_out = inference = _Counter()
 
 
 class AudioOut:
@@ -90,48 +79,31 @@ class AudioOut:
         self._play_end = 0.0
 
 
-class BenchContext:
-    """The Session interface the pipeline uses, in process."""
+class BenchContext(PipelineContext):
+    """A session without a transport: the pipeline's events and speech, recorded in process."""
 
-    def __init__(self, settings):
-        self.settings = settings
-        self.metrics = Metrics()
-        self.audio = AudioRing()
+    def __init__(self, settings, models: ModelRegistry):
+        super().__init__(settings, Metrics(), models)
         self.audio_out = AudioOut()
         self.events: list[tuple[float, str, dict]] = []
 
     def emit(self, type, **fields):
         if type == "translation":  # the pipeline emits right after queueing that speech
             fields["push"], self.audio_out.unclaimed = self.audio_out.unclaimed, None
+        if type == "error":
+            print("error:", fields.get("message"), file=sys.stderr)
         self.events.append((time.monotonic(), type, fields))
-
-    def emit_error(self, pipeline, message):
-        print("error:", message, file=sys.stderr)
-        self.emit("error", message=message)
-
-    def publish(self, topic, item):
-        pass
-
-    def set_overlay(self, name, lines):
-        pass
-
-    def observe_inference(self, *a):
-        pass
-
-    async def load_shared(self, cls):
-        return await asyncio.to_thread(cls.shared, self.settings)
 
 
 def norm(text: str) -> str:
     return " ".join(re.findall(r"[\w']+", text.lower()))
 
 
-async def run_mode(mode: str, clips: list[tuple[str, str, np.ndarray]], settings) -> dict:
-    context = BenchContext(settings)
+async def run_mode(mode: str, clips: list[tuple[str, str, np.ndarray]], settings, registry) -> dict:
+    context = BenchContext(settings, registry)
     pipeline = TranslationPipeline(context, {"source": "en", "target": "es", "mode": mode})
     task = asyncio.get_running_loop().create_task(pipeline.run())
-    await asyncio.to_thread(TranslationPipeline.shared, settings)
-    models = TranslationPipeline.shared(settings)
+    models = await registry.shared(TranslationPipeline)
     await asyncio.to_thread(models.asr, "en")  # warm: load time is not latency
     await asyncio.to_thread(models.translator, "en", "es")
     await asyncio.to_thread(models.translator("en", "es").translate, "Warm up.")
@@ -215,12 +187,13 @@ async def main() -> None:
             clips.append((english, spanish, load_audio(path)))
     refs_en = [norm(c[0]) for c in clips]
     refs_es = [c[1] for c in clips]
-    models = TranslationPipeline.shared(settings)
+    registry = ModelRegistry(settings)
+    models = registry.load(TranslationPipeline)
     mt_alone = [models.translator("en", "es").translate(c[0]) for c in clips]
     bleu_mt = sacrebleu.corpus_bleu(mt_alone, [refs_es]).score
     rows = []
     for mode in args.modes.split(","):
-        result = await run_mode(mode, clips, settings)
+        result = await run_mode(mode, clips, settings, registry)
         wer = jiwer.wer(refs_en, [norm(h) or "-" for h in result["hyps"]])
         bleu = sacrebleu.corpus_bleu(result["translations"], [refs_es]).score
         chrf = sacrebleu.corpus_chrf(result["translations"], [refs_es]).score

@@ -1,32 +1,30 @@
-"""The pipeline interface. One instance per session; heavy models are shared per process.
+"""The pipeline interface. One instance per session; heavy models belong to the server.
 
-A pipeline reads the session's inputs and writes its outputs, all through the context it is
-given: a WebRTC ``Session`` (server/session.py) or a WebSocket's ``SocketSession``, both
-``PipelineContext``s (server/context.py):
+A pipeline reads its session's inputs and writes its outputs through the ``PipelineContext`` it
+is given (pipelines/context.py), whatever transport carries the session (WebRTC, WebSocket):
 
-    inputs   session.audio       AudioRing, 16 kHz mono float32, absolute sample clock
-             session.camera      LatestFrame of the inbound video (PyAV frames) or None
-             on_text(text)       typed text from the page
-    outputs  session.emit(type, **fields)            a JSON event on the data channel
-             session.set_overlay(name, [lines])      text drawn on the returned video
-             session.audio_out.push_audio(x, rate)   speech on the returned audio track
-             session.video_out.source = callable     replace the returned video's picture
-             session.observe_inference(name, stage, s)   a latency sample for /metrics
-    between  session.publish(topic, item) / session.subscribe(topic) -> bounded asyncio.Queue
-             pipelines of one session (e.g. "transcript" from recognition to emotion)
+    inputs   context.audio       AudioRing, context.sample_rate (16 kHz) mono f32, sample clock
+             context.camera      LatestFrame of the inbound video, or None
+             on_text(text)       typed text from the client
+    outputs  context.emit(type, **fields)              a JSON event
+             context.set_overlay(name, [lines])        text drawn on the returned video (if any)
+             context.audio_out   AudioSink: push_audio / clear_buffer / queued_seconds / play clock
+             context.video_out   VideoSink (``source`` replaces the picture), or None
+             context.observe_inference(name, stage, s) a latency sample for /metrics
+    between  context.publish(topic, item) / context.subscribe(topic) -> bounded asyncio.Queue
+    models   await context.models.shared(cls) -> what ``load_shared`` built, once per server
     HTTP     routes(server): extra endpoints (REST, WebSocket), registered at start-up
 
-To add a pipeline: one file in ``pipelines/`` with a subclass, one line in ``pipelines/__init__.py``.
+To add a pipeline: one package in ``pipelines/``, one line in ``pipelines/__init__.py``.
 """
 from __future__ import annotations
 
 import abc
-import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from server.config import Settings
-    from server.session import Session
+    from inference import ModelRegistry
+    from pipelines.context import PipelineContext
 
 
 class OptionError(ValueError):
@@ -37,39 +35,39 @@ class Pipeline(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    # Context media this pipeline cannot run without ("camera", "video_out", "audio_out"); a
+    # transport that lacks one refuses the pipeline with a clear error.
+    requires: ClassVar[frozenset[str]] = frozenset()
 
-    _shared: ClassVar[dict[tuple, Any]] = {}
-    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, session: "Session", options: dict[str, Any] | None = None):
-        self.session = session
+    def __init__(self, context: "PipelineContext", options: dict[str, Any] | None = None):
+        self.context = context
         self.options: dict[str, Any] = dict(self.defaults)
         self.configure(options or {})
 
-    # --- shared models -------------------------------------------------------------------------
+    # --- models (owned by the server's ModelRegistry) ------------------------------------------
     @classmethod
-    def load_shared(cls, settings: "Settings") -> Any:
-        """Load what every session of this pipeline shares (models). Runs once per process and
-        settings key, on a worker thread. Override together with ``shared_key``."""
+    def load_shared(cls, settings, registry: "ModelRegistry") -> Any:
+        """Build what every session of this pipeline shares (models), once per server and
+        ``shared_key``, on a worker thread. Wrap each model sessions call in
+        ``registry.model(name, predict)`` so it is batched (and could run elsewhere)."""
         return None
 
     @classmethod
-    def shared_key(cls, settings: "Settings") -> tuple:
+    def shared_key(cls, settings) -> tuple:
         return (settings.device,)
-
-    @classmethod
-    def shared(cls, settings: "Settings") -> Any:
-        key = (cls.name, *cls.shared_key(settings))
-        with cls._shared_lock:  # loading twice in parallel would double the memory
-            if key not in Pipeline._shared:
-                Pipeline._shared[key] = cls.load_shared(settings)
-            return Pipeline._shared[key]
 
     @classmethod
     def routes(cls, server) -> list:
         """Extra HTTP routes (``aiohttp.web.RouteDef``) this pipeline serves, e.g. a REST API.
-        ``server`` is the ``MediaServer`` (settings, metrics, sessions)."""
+        ``server`` gives ``settings``, ``metrics`` and ``models``."""
         return []
+
+    @classmethod
+    def socket_endpoints(cls) -> dict[str, Any]:
+        """WebSocket endpoints that run this pipeline alone, beside the generic ``/ws``: path ->
+        ``start(message) -> (options, fields)``, which reads a ``start_stream`` message into this
+        pipeline's options (raising OptionError) and the extra fields of the ``started`` event."""
+        return {}
 
     # --- per session ---------------------------------------------------------------------------
     def configure(self, options: dict[str, Any]) -> None:
@@ -90,7 +88,16 @@ class Pipeline(abc.ABC):
         """The pipeline's main loop; runs until cancelled when the session closes."""
 
     async def on_text(self, text: str) -> None:
-        """Typed text from the client (data channel ``text`` message)."""
+        """Typed text from the client (``text`` message)."""
+
+    async def drained(self) -> None:
+        """Return once every result of the audio received so far has been emitted (the input
+        has ended, e.g. a WebSocket's ``stop_stream``). Audio pipelines override it."""
+
+    @property
+    def end_of_input_silence(self) -> float:
+        """Seconds of silence written after the last audio so the pipeline sees speech end."""
+        return 0.0
 
     async def close(self) -> None:
         """Release per-session resources (called after ``run`` is cancelled)."""

@@ -1,4 +1,5 @@
-"""The HTTP side: the page, signalling (``POST /offer``), ``/health`` and ``/metrics``."""
+"""The server: its HTTP routes (the page, ``POST /offer``, ``/ws``, ``/health``, ``/metrics``,
+the pipelines' own routes), its sessions over every transport, and the models it owns."""
 from __future__ import annotations
 
 import asyncio
@@ -9,12 +10,15 @@ from pathlib import Path
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
 
+from inference import ModelRegistry
 from pipelines import PIPELINES
 from pipelines.base import OptionError
 from server.config import Settings
 from server.ice import restrict_ice_hosts
 from server.metrics import Metrics
-from server.session import Session
+from server.transports.session import Session
+from server.transports.webrtc import WebRTCSession
+from server.transports.websocket import MAX_FRAME_BYTES, SocketSession, pipelines_start, single_start
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -40,7 +44,8 @@ class MediaServer:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = Metrics()
-        self.sessions: dict[str, Session] = {}
+        self.models = ModelRegistry(settings, self.metrics)
+        self.sessions: dict[str, Session] = {}  # every transport's, counted once against max_sessions
         self.started = time.monotonic()
         self.rtc_configuration = RTCConfiguration(iceServers=ice_servers(settings))
         restrict_ice_hosts(settings.ice_hosts)
@@ -58,9 +63,12 @@ class MediaServer:
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_endpoint)
+        app.router.add_get("/ws", self.socket_handler(pipelines_start(PIPELINES)))
         app.router.add_static("/static", STATIC)
         for cls in PIPELINES.values():
             app.router.add_routes(cls.routes(self))
+            for path, read_options in cls.socket_endpoints().items():
+                app.router.add_get(path, self.socket_handler(single_start(cls, read_options)))
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -76,7 +84,7 @@ class MediaServer:
         preload = self.settings.preload or self.settings.pipelines
         for name in (list(PIPELINES) if "all" in preload else preload):
             try:
-                await asyncio.to_thread(PIPELINES[name].shared, self.settings)
+                await self.models.shared(PIPELINES[name])
             except Exception:  # sessions will retry and report the error on their data channel
                 log.exception("could not load the models of pipeline %s", name)
 
@@ -85,10 +93,37 @@ class MediaServer:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.models.close()
 
-    def forget(self, session: Session) -> None:
+    # --- sessions, whatever their transport ---------------------------------------------------------
+    def full(self) -> web.Response | None:
+        if len(self.sessions) >= self.settings.max_sessions:
+            return error(503, f"server is full ({self.settings.max_sessions} sessions)")
+        return None
+
+    def _opened(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        self.metrics.sessions.set(len(self.sessions))
+        self.metrics.sessions_total.inc()
+
+    def _closed(self, session: Session) -> None:
         if self.sessions.pop(session.id, None) is not None:
             self.metrics.sessions.set(len(self.sessions))
+
+    def socket_handler(self, start):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if (full := self.full()) is not None:
+                return full
+            ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=20)
+            await ws.prepare(request)
+            session = SocketSession(self.settings, self.metrics, self.models, ws, on_close=self._closed)
+            self._opened(session)
+            try:
+                await session.serve(start)
+            finally:
+                await session.close()
+            return ws
+        return handler
 
     # --- routes ----------------------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.FileResponse:
@@ -98,6 +133,8 @@ class MediaServer:
         return web.json_response({
             "status": "ok",
             "sessions": len(self.sessions),
+            "sessions_by_transport": {t: sum(s.transport == t for s in self.sessions.values())
+                                      for t in ("webrtc", "websocket")},
             "max_sessions": self.settings.max_sessions,
             "uptime": round(time.monotonic() - self.started, 1),
             "device": self.settings.device,
@@ -136,18 +173,17 @@ class MediaServer:
             return error(400, f"unknown pipeline(s) {unknown}; valid: {sorted(PIPELINES)}")
         if not body["sdp"].lstrip().startswith("v=0") or "\nm=" not in body["sdp"]:
             return error(400, "malformed SDP: expected a session description with media sections")
-        if len(self.sessions) >= self.settings.max_sessions:
-            return error(503, f"server is full ({self.settings.max_sessions} sessions)")
+        if (full := self.full()) is not None:
+            return full
 
-        session = Session(self, self.rtc_configuration)
+        session = WebRTCSession(self.settings, self.metrics, self.models, self.rtc_configuration,
+                                on_close=self._closed)
         try:
             session.add_pipelines({n: (PIPELINES[n], options.get(n, {})) for n in dict.fromkeys(names)})
         except OptionError as exc:
             await session.close()
             return error(400, str(exc))
-        self.sessions[session.id] = session
-        self.metrics.sessions.set(len(self.sessions))
-        self.metrics.sessions_total.inc()
+        self._opened(session)
         try:
             answer = await session.answer(RTCSessionDescription(sdp=body["sdp"], type="offer"))
         except Exception as exc:  # aiortc raises ValueError & co. for SDP it cannot use

@@ -32,7 +32,7 @@ class Settings:
     emotion_text_model: str = ""  # emotion: transformers text-classification id/folder ("": MiniLM + VADER)
     emotion_response_model: str = ""  # emotion: transformers text-generation id/folder ("": CBT templates)
     emotion_fusion_weights: str = ""  # emotion: trained fusion network weights ("": confidence-weighted fusion)
-    commentary_checkpoint: str = ""  # commentary: model from `python -m commentary train` ("": none)
+    commentary_checkpoint: str = ""  # commentary: model from `python -m pipelines.commentary train` ("": none)
     asr_model: str = "auto"  # translation: Whisper name/folder ("auto": tiny.en for English, base otherwise)
     mt_backend: str = "auto"  # translation: auto (Apertium, else Whisper translate), apertium, whisper, transformers
     mt_model: str = "Helsinki-NLP/opus-mt-{src}-{tgt}"  # translation: transformers model id/folder
@@ -64,8 +64,8 @@ _ENV = {
     "emotion_voice_model": ("MMS_EMOTION_VOICE_MODEL", "emotion: transformers audio-classification model (empty: prosody heuristic)"),
     "emotion_text_model": ("MMS_EMOTION_TEXT_MODEL", "emotion: transformers text-classification model (empty: MiniLM + VADER)"),
     "emotion_response_model": ("MMS_EMOTION_RESPONSE_MODEL", "emotion: transformers text-generation model for responses (empty: CBT templates)"),
-    "emotion_fusion_weights": ("MMS_EMOTION_FUSION_WEIGHTS", "emotion: fusion network weights from pipelines.emotion_train (empty: confidence-weighted fusion)"),
-    "commentary_checkpoint": ("MMS_COMMENTARY_CHECKPOINT", "commentary: checkpoint written by `python -m commentary train` (empty: none)"),
+    "emotion_fusion_weights": ("MMS_EMOTION_FUSION_WEIGHTS", "emotion: fusion network weights from pipelines.emotion.train (empty: confidence-weighted fusion)"),
+    "commentary_checkpoint": ("MMS_COMMENTARY_CHECKPOINT", "commentary: checkpoint written by `python -m pipelines.commentary train` (empty: none)"),
     "asr_model": ("MMS_ASR_MODEL", "translation: Whisper model name or folder (auto: tiny.en for English, multilingual base otherwise)"),
     "mt_backend": ("MMS_MT_BACKEND", "translation: text translation backend: auto, apertium, whisper or transformers"),
     "mt_model": ("MMS_MT_MODEL", "translation: transformers seq2seq model id/folder; {src} {tgt} are filled in"),

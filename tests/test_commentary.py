@@ -20,15 +20,15 @@ import pytest
 import torch
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
-from commentary.__main__ import main as cli
-from commentary.data import (CommentDataset, FeatureConfig, Vocabulary, decode_media, detokenize,
+from pipelines.commentary.__main__ import main as cli
+from pipelines.commentary.data import (CommentDataset, FeatureConfig, Vocabulary, decode_media, detokenize,
                              parse_chat, parse_timestamp, preprocess, resize_frame, tokenize,
                              window_features)
-from commentary.generate import generate
-from commentary.model import CommentaryModel, Commentator, ModelConfig, sample_next
-from commentary.train import TrainOptions, best_path, train
+from pipelines.commentary.generate import generate
+from pipelines.commentary.model import CommentaryModel, Commentator, ModelConfig, sample_next
+from pipelines.commentary.train import TrainOptions, best_path, train
 from pipelines.base import OptionError
-from pipelines.commentary import CommentaryPipeline
+from pipelines.commentary.pipeline import CommentaryPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -268,7 +268,7 @@ def test_checkpoint_round_trip(trained, tmp_path):
     assert best_path(trained["checkpoint"]).exists()
     state = torch.load(trained["checkpoint"], weights_only=True)  # plain data: no pickled code
     assert state["training"]["epoch"] == TINY.epochs and len(state["training"]["history"]) == TINY.epochs
-    from commentary.model import save_checkpoint
+    from pipelines.commentary.model import save_checkpoint
 
     copy = tmp_path / "copy.pt"
     save_checkpoint(copy, commentator.model, commentator.vocab, commentator.features)
@@ -354,8 +354,8 @@ async def test_without_a_checkpoint_the_session_gets_an_error_naming_the_command
     try:
         error = await client.next_event("error", timeout=10)
         assert error["pipeline"] == "commentary"
-        assert "python -m commentary preprocess" in error["message"]
-        assert "python -m commentary train" in error["message"]
+        assert "python -m pipelines.commentary preprocess" in error["message"]
+        assert "python -m pipelines.commentary train" in error["message"]
         assert "--commentary-checkpoint" in error["message"]
         client.send({"type": "ping", "id": 1})  # the session carries on
         assert (await client.next_event("pong"))["id"] == 1

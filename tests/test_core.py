@@ -14,7 +14,7 @@ from pipelines import PIPELINES
 from pipelines.base import OptionError, Pipeline
 from server.config import parse_settings
 from server.ice import restrict_ice_hosts
-from tracks.buffers import AudioOverrun, AudioRing, LatestFrame
+from media.buffers import AudioOverrun, AudioRing, LatestFrame
 from tracks.inbound import AudioResampler
 from tracks.outbound import FRAME_SAMPLES, OUT_RATE, SpeechAudioTrack, SynthVideoTrack, resample
 
@@ -198,7 +198,7 @@ class EchoPipeline(Pipeline):
     loads = 0
 
     @classmethod
-    def load_shared(cls, settings):
+    def load_shared(cls, settings, registry):
         cls.loads += 1
         return object()
 
@@ -211,7 +211,7 @@ class EchoPipeline(Pipeline):
 
 
 def test_pipeline_options_merge_and_validate():
-    p = EchoPipeline(session=None, options={"gain": 2.0})
+    p = EchoPipeline(context=None, options={"gain": 2.0})
     assert p.options == {"gain": 2.0}
     with pytest.raises(OptionError, match="unknown option"):
         p.configure({"volume": 1})
@@ -220,15 +220,41 @@ def test_pipeline_options_merge_and_validate():
     assert p.options == {"gain": 2.0}  # a rejected change leaves the options as they were
 
 
-def test_shared_models_load_once_per_process_and_key():
+def test_shared_models_load_once_per_registry_and_key():
     from concurrent.futures import ThreadPoolExecutor
+    from inference import ModelRegistry
     from server.config import Settings
-    settings = Settings()
+    EchoPipeline.loads = 0
+    registry = ModelRegistry(Settings())
     with ThreadPoolExecutor(8) as pool:
-        shared = list(pool.map(lambda _: EchoPipeline.shared(settings), range(16)))
+        shared = list(pool.map(lambda _: registry.load(EchoPipeline), range(16)))
     assert EchoPipeline.loads == 1 and all(s is shared[0] for s in shared)
-    EchoPipeline.shared(Settings(device="cuda"))
+    ModelRegistry(Settings(device="cuda")).load(EchoPipeline)  # another server: its own models
     assert EchoPipeline.loads == 2
+
+
+async def test_registry_records_batches_and_closes_what_it_owns():
+    from inference import ModelRegistry
+    from server.config import Settings
+    from server.metrics import Metrics
+
+    class Sweeper:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    metrics = Metrics()
+    registry = ModelRegistry(Settings(), metrics)
+    model = registry.model("double", lambda items: [2 * x for x in items], max_batch=8)
+    assert await asyncio.gather(*(model.predict(i) for i in range(4))) == [0, 2, 4, 6]
+    assert b'mms_batch_size_count{pipeline="double"}' in metrics.exposition()
+    sweeper = registry.keep(("test", "sweeper"), Sweeper)
+    assert registry.keep(("test", "sweeper"), Sweeper) is sweeper
+    await registry.close()
+    assert sweeper.closed and model._executor._shutdown
+    with pytest.raises(RuntimeError, match="closed"):
+        registry.load(EchoPipeline)
 
 
 def test_registry_names_match_classes():
@@ -248,10 +274,9 @@ async def test_video_track_skips_missed_frames_instead_of_bursting():
 
 
 async def test_session_bus_is_bounded_and_fans_out():
-    from types import SimpleNamespace
-    from server.context import PipelineContext
+    from pipelines.context import PipelineContext
 
-    bus = PipelineContext(SimpleNamespace(settings=None, metrics=None))
+    bus = PipelineContext(settings=None, metrics=None, models=None)
     bus.publish("transcript", "nobody listens")  # no subscribers: dropped, no error
     a, b = bus.subscribe("transcript", maxsize=2), bus.subscribe("transcript", maxsize=2)
     for i in range(3):

@@ -11,14 +11,14 @@ import pytest
 from skimage import data as skdata
 
 from pipelines.base import OptionError
-from pipelines.emotion import EmotionPipeline
-from pipelines.stages import fusion_net
-from pipelines.stages.cbt import CRISIS, Responder
-from pipelines.stages.face_expression import FER_LABELS, FerExpression
-from pipelines.stages.fusion import (INDEX, LABELS, Estimate, LabelHysteresis, Smoother, canonical_label,
+from pipelines.emotion.pipeline import EmotionPipeline
+from pipelines.emotion import fusion_net
+from pipelines.emotion.cbt import CRISIS, Responder
+from pipelines.emotion.face_expression import FER_LABELS, FerExpression
+from pipelines.emotion.fusion import (INDEX, LABELS, Estimate, LabelHysteresis, Smoother, canonical_label,
                                      fuse, label_map, project)
-from pipelines.stages.prosody import MfccExtractor, ProsodyBaseline, prosody_features
-from pipelines.stages.text_emotion import PrototypeTextEmotion, crisis_terms
+from pipelines.emotion.prosody import MfccExtractor, ProsodyBaseline, prosody_features
+from pipelines.emotion.text_emotion import PrototypeTextEmotion, crisis_terms
 from tests.media import espeak, load_audio
 
 SR = 16000

@@ -9,12 +9,12 @@ import pytest
 from skimage import data as skdata
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
-from pipelines.stages import fusion_net
-from pipelines.stages.cbt import Responder, ResponseGenerator
-from pipelines.stages.face_expression import TransformersExpression
-from pipelines.stages.fusion import INDEX, LABELS
-from pipelines.stages.prosody import TransformersVoiceEmotion
-from pipelines.stages.text_emotion import TransformersTextEmotion
+from pipelines.emotion import fusion_net
+from pipelines.emotion.cbt import Responder, ResponseGenerator
+from pipelines.emotion.face_expression import TransformersExpression
+from pipelines.emotion.fusion import INDEX, LABELS
+from pipelines.emotion.prosody import TransformersVoiceEmotion
+from pipelines.emotion.text_emotion import TransformersTextEmotion
 
 WORDS = ("i am so happy sad angry today the train was late and my phone broke we won "
          "feel down empty furious great day life nothing matters coach thought").split()

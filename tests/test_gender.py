@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from pipelines.base import OptionError
-from pipelines.gender import GenderPipeline, PitchGender, make_backend
-from pipelines.stages.pitch import yin
-from pipelines.stages.vad import CHUNK, SileroVAD
-from server.batching import Batcher
+from pipelines.gender.pipeline import GenderPipeline, PitchGender, make_backend
+from pipelines.common.pitch import yin
+from pipelines.common.vad import CHUNK, SileroVAD
+from inference import Batcher, Overloaded
 from tests.media import espeak, flite, load_audio
 
 SR = 16000
@@ -292,7 +292,7 @@ def test_wav2vec2_backend_needs_female_and_male_labels(tmp_path):
 
 
 def test_wav2vec2_label_names():
-    from pipelines.gender import FEMALE_LABELS, MALE_LABELS, _label_index
+    from pipelines.gender.pipeline import FEMALE_LABELS, MALE_LABELS, _label_index
     labels = {0: "music", 1: "male_voice", 2: "female voice", 3: "noise"}
     assert (_label_index(labels, FEMALE_LABELS), _label_index(labels, MALE_LABELS)) == (2, 1)
     assert _label_index({0: "mixed", 1: "feminine"}, MALE_LABELS) is None
@@ -331,7 +331,7 @@ async def test_batcher_batches_concurrent_submits():
     try:
         async def caller(i):
             await asyncio.sleep(random.Random(i).uniform(0, 0.05))
-            return await batcher.submit(i)
+            return await batcher.predict(i)
 
         results = await asyncio.gather(*(caller(i) for i in range(60)))
         assert results == [i * 10 for i in range(60)]  # each caller got its own result
@@ -346,11 +346,11 @@ async def test_batcher_failure_reaches_every_caller_of_the_batch_and_it_recovers
     predict = Recorder(fail_on=3)
     batcher = Batcher(predict, name="test", max_batch=16, max_wait=0.1)
     try:
-        results = await asyncio.gather(*(batcher.submit(i) for i in range(6)), return_exceptions=True)
+        results = await asyncio.gather(*(batcher.predict(i) for i in range(6)), return_exceptions=True)
         assert len(predict.batches) == 1  # all six in the failing batch
         assert all(isinstance(r, RuntimeError) and "exploded" in str(r) for r in results)
-        assert await batcher.submit(5) == 50  # the collector survived
-        assert await asyncio.gather(batcher.submit(1), batcher.submit(2)) == [10, 20]
+        assert await batcher.predict(5) == 50  # the collector survived
+        assert await asyncio.gather(batcher.predict(1), batcher.predict(2)) == [10, 20]
     finally:
         await batcher.close()
 
@@ -366,13 +366,13 @@ async def test_batcher_reports_overload():
 
     batcher = Batcher(predict, name="test", max_batch=1, max_wait=0.0, max_pending=2)
     try:
-        first = asyncio.ensure_future(batcher.submit(0))
+        first = asyncio.ensure_future(batcher.predict(0))
         while not started.is_set():  # the collector holds item 0 in predict; the queue is empty
             await asyncio.sleep(0.005)
-        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        queued = [asyncio.ensure_future(batcher.predict(i)) for i in (1, 2)]
         await asyncio.sleep(0.01)
-        with pytest.raises(asyncio.QueueFull):
-            await batcher.submit(3)
+        with pytest.raises(Overloaded):
+            await batcher.predict(3)
         release.set()
         assert await asyncio.gather(first, *queued) == [0, 1, 2]
     finally:
@@ -380,24 +380,36 @@ async def test_batcher_reports_overload():
         await batcher.close()
 
 
-def test_batcher_works_across_event_loops():
+def test_batcher_belongs_to_one_event_loop():
+    """Models belong to one server (its registry), so to one loop: another loop is told so."""
     predict = Recorder()
     batcher = Batcher(predict, name="test", max_batch=8, max_wait=0.01)
 
     async def use(offset):
-        return await asyncio.gather(*(batcher.submit(offset + i) for i in range(5)))
+        return await asyncio.gather(*(batcher.predict(offset + i) for i in range(5)))
 
-    assert asyncio.run(use(0)) == [0, 10, 20, 30, 40]
-    assert asyncio.run(use(100)) == [1000, 1010, 1020, 1030, 1040]  # a new loop, a new collector
-    asyncio.run(batcher.close())
+    async def use_and_close(offset):
+        try:
+            return await use(offset)
+        finally:
+            await batcher.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(use(0)) == [0, 10, 20, 30, 40]
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(use(100))
+        assert loop.run_until_complete(use_and_close(100)) == [1000, 1010, 1020, 1030, 1040]
+    finally:
+        loop.close()
 
 
 async def test_batcher_skips_cancelled_callers():
     predict = Recorder()
     batcher = Batcher(predict, name="test", max_batch=8, max_wait=0.05)
     try:
-        doomed = asyncio.ensure_future(batcher.submit(1))
-        kept = asyncio.ensure_future(batcher.submit(2))
+        doomed = asyncio.ensure_future(batcher.predict(1))
+        kept = asyncio.ensure_future(batcher.predict(2))
         await asyncio.sleep(0)
         doomed.cancel()
         assert await kept == 20

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from client import ArrayAudioTrack, StreamClient
-from pipelines.stages.avatar_render import Pose, Rig, TorchWarper
-from pipelines.stages.face import FaceAnalyzer, NoFaceError, decode_image, default_portrait_image
-from pipelines.stages.visemes import mouth_shape
-from pipelines.talking_head import Avatar, AvatarSessions, BatchTicker
+from pipelines.talking_head.avatar_render import Pose, Rig, TorchWarper
+from pipelines.talking_head.face import FaceAnalyzer, NoFaceError, decode_image, default_portrait_image
+from pipelines.talking_head.visemes import mouth_shape
+from pipelines.talking_head.pipeline import Avatar, AvatarSessions, BatchTicker
 from talking_head_client import AvatarClient, AvatarAPIError
 from tests.media import espeak, load_audio, write_wav
 
@@ -79,7 +79,7 @@ def test_no_face_and_not_an_image(analyzer):
 
     with pytest.raises(NoFaceError):
         analyzer.analyze(jpeg(coffee()[:, :, ::-1].copy()))
-    from pipelines.stages.face import BadImageError
+    from pipelines.talking_head.face import BadImageError
 
     with pytest.raises(BadImageError):
         analyzer.analyze(b"definitely not an image")
@@ -263,7 +263,7 @@ async def test_avatar_session_api(media_server, tmp_path):
 
 
 async def test_idle_avatar_sessions_are_removed(media_server):
-    from pipelines.talking_head import avatar_sessions
+    from pipelines.talking_head.pipeline import avatar_sessions
 
     registry: AvatarSessions = avatar_sessions(media_server.server)
     registry.idle_timeout = 0.3
@@ -414,18 +414,16 @@ async def test_portrait_option_and_live_switch(media_server):
         await client.close()
 
 
-async def test_batched_path_serves_a_session(settings, media_server, rig):
+async def test_batched_path_serves_a_session(settings, media_server, rig, monkeypatch):
     """The --device cuda wiring (BatchTicker thread, grid_sample batch, batched_frame as the video
     source), run on CPU tensors: a session gets the batched avatar, its mouth follows the mic, and
     closing the session takes the avatar out of the batch."""
-    from pipelines.base import Pipeline
-    from pipelines.talking_head import TalkingHeadPipeline, TalkingHeadShared
+    from pipelines.talking_head.face import PortraitStore
+    from pipelines.talking_head.pipeline import TalkingHeadPipeline, TalkingHeadShared
 
-    settings.video_fps = 20.0  # a shared-state key of its own, so other tests keep the cv2 path
-    key = (TalkingHeadPipeline.name, *TalkingHeadPipeline.shared_key(settings))
-    cpu_shared = await asyncio.to_thread(TalkingHeadPipeline.shared, at_default_fps(settings))
     ticker = BatchTicker(TorchWarper("cpu"), settings.video_fps)
-    Pipeline._shared[key] = TalkingHeadShared(cpu_shared.portraits, ticker)
+    monkeypatch.setattr(TalkingHeadPipeline, "load_shared", classmethod(  # this server's models only
+        lambda cls, s, registry: TalkingHeadShared(PortraitStore(FaceAnalyzer(), None), ticker)))
     clip = np.concatenate([np.zeros(24000, np.float32), vowel(1.5), np.zeros(32000, np.float32)])
     client = StreamClient(media_server.url, ["talking_head"], {"talking_head": {"drive": "mic"}})
     client.keep_frames = 200
@@ -438,18 +436,11 @@ async def test_batched_path_serves_a_session(settings, media_server, rig):
         frames = [f for t, f in received_frames(client) if t > shown + 0.2]
     finally:
         await client.close()
-        Pipeline._shared.pop(key, None)
     await asyncio.sleep(0.3)
     assert not ticker.avatars
     darks = [dark_pixels(f, rig) for f in frames]
     region = np.prod(np.subtract(mouth_region(rig)[2:], mouth_region(rig)[:2]))
     assert max(darks) > 0.3 * region and min(darks) < 0.05 * region, darks
-
-
-def at_default_fps(settings):
-    """The same settings at the default frame rate: the (cv2-path) shared state other tests use."""
-    import dataclasses
-    return dataclasses.replace(settings, video_fps=25.0)
 
 
 async def test_client_speaks_a_wav_in_real_time(media_server):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipelines.stages.avatar_render import Rig
-from pipelines.stages.face import FaceAnalyzer, default_portrait_image
+from pipelines.talking_head.avatar_render import Rig
+from pipelines.talking_head.face import FaceAnalyzer, default_portrait_image
 from tests.media import espeak
 from tests.test_browser import chromium_page, open_page, pattern_y4m, stop_and_check_closed
 

@@ -9,7 +9,7 @@ import numpy as np
 from av import AudioResampler
 
 from client import ArrayAudioTrack, StreamClient
-from pipelines.translation import TranslationModels
+from pipelines.translation.pipeline import TranslationModels
 from server.config import Settings
 from tests.media import espeak, load_audio
 from tests.test_browser import chromium_page, pattern_y4m, server_pair, wait_sessions

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.stages.mt import TransformersTranslator
-from pipelines.stages.seamless import SeamlessM4T
-from pipelines.stages.tts import TransformersTTS
-from pipelines.translation import available_pairs
+from pipelines.translation.mt import TransformersTranslator
+from pipelines.translation.seamless import SeamlessM4T
+from pipelines.translation.tts import TransformersTTS
+from pipelines.translation.pipeline import available_pairs
 from tests.media import espeak, load_audio
 from tests.test_translation import EN_TEXT, ws_session
 

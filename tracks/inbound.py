@@ -11,7 +11,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .buffers import SAMPLE_RATE, AudioRing, LatestFrame
+from media.audio import SAMPLE_RATE
+from media.buffers import AudioRing, LatestFrame
 
 
 class AudioResampler:

@@ -18,20 +18,12 @@ import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
-from scipy.signal import resample_poly
+
+from media.audio import from_pcm16, resample, to_pcm16
 
 OUT_RATE = 48000
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
 VIDEO_CLOCK = 90000
-
-
-def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase resampling of mono float audio between integer rates."""
-    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-    if from_rate == to_rate:
-        return samples
-    g = np.gcd(int(from_rate), int(to_rate))
-    return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)
 
 
 class Pacer:
@@ -58,6 +50,7 @@ class Pacer:
 
 class SpeechAudioTrack(MediaStreamTrack):
     kind = "audio"
+    sample_rate = OUT_RATE
 
     def __init__(self, max_seconds: float = 60.0, on_frame: Callable[[], None] | None = None):
         super().__init__()
@@ -78,7 +71,7 @@ class SpeechAudioTrack(MediaStreamTrack):
     def push_audio(self, samples: np.ndarray, sample_rate: int) -> bool:
         """Queue float speech (-1..1) to play after what is already queued. Returns False (and
         queues nothing) if it would overflow the bounded queue."""
-        pcm = np.clip(resample(samples, sample_rate, OUT_RATE) * 32767.0, -32768, 32767).astype(np.int16)
+        pcm = to_pcm16(resample(samples, sample_rate, OUT_RATE))
         if self._queued + len(pcm) > self.max_samples:
             self.rejected_samples += len(pcm)
             return False
@@ -103,7 +96,7 @@ class SpeechAudioTrack(MediaStreamTrack):
                 break
             ahead.append(chunk[:need])
             need -= len(ahead[-1])
-        return np.concatenate([past, *ahead]).astype(np.float32) / 32768.0
+        return from_pcm16(np.concatenate([past, *ahead]))
 
     def _next_samples(self) -> np.ndarray:
         out = np.zeros(FRAME_SAMPLES, dtype=np.int16)

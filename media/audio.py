@@ -1,0 +1,57 @@
+"""Audio formats, in one place: the pipelines' sample rate, resampling, PCM16, decoding files.
+
+Every pipeline sees 16 kHz mono float32 in -1..1 (``SAMPLE_RATE``); transports convert once, on
+the way in, with what is here.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 16000  # what pipelines read from AudioRing
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling of mono float audio between integer rates."""
+    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+    if from_rate == to_rate:
+        return samples
+    g = np.gcd(int(from_rate), int(to_rate))
+    return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)
+
+
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float -1..1 -> int16 (little-endian on every platform we run on), clipped."""
+    return np.clip(np.asarray(samples, dtype=np.float32) * 32767.0, -32768, 32767).astype("<i2")
+
+
+def from_pcm16(data: bytes | np.ndarray) -> np.ndarray:
+    """PCM16 little-endian bytes (or an int16 array) -> float32 -1..1."""
+    pcm = np.frombuffer(data, dtype="<i2") if isinstance(data, (bytes, bytearray, memoryview)) else data
+    return np.asarray(pcm).astype(np.float32) / 32768.0
+
+
+def decode(source: str | Path | bytes, rate: int = SAMPLE_RATE, format: str | None = None) -> tuple[np.ndarray, int]:
+    """Any audio FFmpeg reads (a path, or the bytes of a file) -> (mono float32 at ``rate``, the
+    file's own rate). Raises ``ValueError`` for what cannot be decoded."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source), format=format) as container:
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            parts = [f.to_ndarray().reshape(-1) for frame in container.decode(stream)
+                     for f in resampler.resample(frame)]
+            parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+            source_rate = stream.rate
+    except (av.FFmpegError, IndexError) as exc:
+        raise ValueError(f"unreadable audio ({exc})") from None
+    return (np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)), source_rate
+
+
+def load(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """An audio file -> mono float32 at ``rate``."""
+    return decode(path, rate)[0]

@@ -1,0 +1,60 @@
+"""The translation models a server shares between its sessions."""
+from __future__ import annotations
+
+import threading
+
+from pipelines.common.vad import SileroVAD
+from pipelines.translation import asr as asr_stage
+from pipelines.translation.languages import asr_model_for, mt_backend_for
+from pipelines.translation.mt import ApertiumTranslator, TransformersTranslator, apertium_pairs
+from pipelines.translation.tts import EspeakTTS, TransformersTTS
+
+
+class TranslationModels:
+    """Everything sessions share, loaded lazily per model on first use (on a worker thread)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.vad = SileroVAD()
+        self._lock = threading.Lock()
+        self._asr: dict[str, asr_stage.WhisperASR] = {}
+        self._mt: dict[tuple, object] = {}
+        self._tts = None
+        self._seamless = None
+
+    def _get(self, cache: dict, key, make):
+        with self._lock:  # loading twice in parallel would double the memory
+            if key not in cache:
+                cache[key] = make()
+            return cache[key]
+
+    def asr(self, language: str) -> asr_stage.WhisperASR:
+        name = asr_model_for(self.settings, language)
+        return self._get(self._asr, name, lambda: asr_stage.WhisperASR(name, self.settings.device))
+
+    def translator(self, source: str, target: str):
+        backend = mt_backend_for(self.settings, source, target)
+        if backend == "apertium":
+            mode = apertium_pairs()[(source, target)]
+            return self._get(self._mt, (backend, source, target), lambda: ApertiumTranslator(source, target, mode))
+        if backend == "transformers":
+            return self._get(self._mt, (backend, source, target), lambda: TransformersTranslator(
+                self.settings.mt_model, source, target, self.settings.device))
+        return None  # "whisper": the recogniser translates
+
+    def tts(self):
+        if self._tts is None:
+            with self._lock:
+                if self._tts is None:
+                    self._tts = (EspeakTTS() if self.settings.tts_backend == "espeak"
+                                 else TransformersTTS(self.settings.tts_model, self.settings.device))
+        return self._tts
+
+    def seamless(self):
+        from pipelines.translation.seamless import SeamlessM4T  # imports torch: only when asked for
+        with self._lock:
+            if self._seamless is None:
+                self._seamless = SeamlessM4T(self.settings.seamless_model, self.settings.device)
+            return self._seamless
+
+

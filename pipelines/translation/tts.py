@@ -1,0 +1,98 @@
+"""Speech synthesis backends, each ``synthesize(text, language, voice) -> (float32 samples, rate)``.
+
+* ``EspeakTTS``: espeak-ng from Debian (GPL: a separate process per sentence, ~20 ms, no model to
+  keep warm), about a hundred languages; ``--stdout`` gives a WAV.
+* ``TransformersTTS``: a transformers VITS model (MMS-TTS ``facebook/mms-tts-spa`` and friends), by
+  hub id or local folder; ``{lang3}`` in the name picks a model per language (ISO 639-3).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import shutil
+import subprocess
+import threading
+import wave
+
+import numpy as np
+
+from media.audio import from_pcm16
+
+ESPEAK = "espeak-ng"
+# espeak-ng voice for a language where the bare ISO 639-1 code is not itself a voice.
+ESPEAK_VOICE = {"en": "en-us", "fr": "fr-fr", "pt": "pt-br", "zh": "cmn", "vi": "vi"}
+ISO1_TO_3 = {"en": "eng", "es": "spa", "ca": "cat", "fr": "fra", "de": "deu", "it": "ita", "pt": "por",
+             "nl": "nld", "ru": "rus", "pl": "pol", "uk": "ukr", "ar": "ara", "hi": "hin"}
+
+
+@functools.lru_cache(maxsize=1)
+def espeak_voices() -> frozenset[str]:
+    """The voice names espeak-ng knows (languages and their regional variants)."""
+    if not shutil.which(ESPEAK):
+        return frozenset()
+    listing = subprocess.run([ESPEAK, "--voices"], capture_output=True, text=True, timeout=10).stdout
+    return frozenset(line.split()[1] for line in listing.splitlines()[1:] if len(line.split()) > 1)
+
+
+def espeak_languages() -> set[str]:
+    """ISO 639-1 codes espeak-ng can speak."""
+    voices = espeak_voices()
+    return {v for v in voices if len(v) == 2} | {lang for lang, v in ESPEAK_VOICE.items() if v in voices}
+
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as w:
+        rate, frames = w.getframerate(), w.readframes(w.getnframes())
+    return from_pcm16(frames), rate
+
+
+class EspeakTTS:
+    name = "espeak"
+
+    def __init__(self, speed: int = 165):
+        if not shutil.which(ESPEAK):
+            raise RuntimeError("espeak-ng is not installed (Debian package espeak-ng)")
+        self.speed = speed
+
+    def voice_for(self, language: str, voice: str | None = None) -> str:
+        """The espeak-ng voice to use; ``voice`` may be a full name (es-419) or a variant (+f3)."""
+        base = ESPEAK_VOICE.get(language, language)
+        if voice and voice.startswith("+"):
+            return base + voice
+        # A voice of another language (left over from before a language swap) is not used.
+        if voice and voice.split("-")[0] == base.split("-")[0]:
+            return voice
+        return base
+
+    def synthesize(self, text: str, language: str, voice: str | None = None) -> tuple[np.ndarray, int]:
+        # "--" ends the options: text that starts with "-" is spoken, not parsed as a flag.
+        result = subprocess.run([ESPEAK, "-v", self.voice_for(language, voice), "-s", str(self.speed),
+                                 "--stdout", "--", text], capture_output=True, timeout=30, check=True)
+        return decode_wav(result.stdout)
+
+
+class TransformersTTS:
+    name = "transformers"
+
+    def __init__(self, model: str, device: str = "cpu"):
+        self.model_name, self.device = model, device
+        self._models: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, language: str):
+        import torch
+        from transformers import AutoTokenizer, VitsModel
+
+        name = self.model_name.format(lang3=ISO1_TO_3.get(language, language), lang=language)
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = (AutoTokenizer.from_pretrained(name),
+                                      VitsModel.from_pretrained(name).to(self.device).eval(), torch)
+            return self._models[name]
+
+    def synthesize(self, text: str, language: str, voice: str | None = None) -> tuple[np.ndarray, int]:
+        tokenizer, model, torch = self._load(language)
+        inputs = tokenizer(text, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            waveform = model(**inputs).waveform[0]
+        return waveform.float().cpu().numpy(), int(model.config.sampling_rate)

@@ -1,0 +1,158 @@
+"""What every transport's session shares: its pipelines, the control protocol and its lifetime.
+
+The control protocol (the same on a WebRTC data channel and on a WebSocket):
+
+    client  {"type": "ping", "id": ...}                               -> {"type": "pong", "id": ...}
+    client  {"type": "text", "text": "..."}                           -> each pipeline's on_text
+    client  {"type": "config", "pipeline": name, "options": {...}}    -> {"type": "config", ...}
+    anything wrong -> {"type": "error", "pipeline": name | null, "message": ...}; the session goes on
+
+A transport subclasses ``Session``: it provides the media (``audio`` always; ``audio_out``,
+``camera``, ``video_out`` where it has them), ``send`` (one event, JSON text, never blocking: a
+client that does not read loses events, counted, rather than growing a queue) and ``_release``.
+A session tells the server it has ended through ``on_close``; it never reaches into the server.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Callable
+
+from pipelines.base import OptionError, Pipeline
+from pipelines.context import PipelineContext
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 64 * 1024
+MAX_TEXT_CHARS = 10_000
+
+
+class Session(PipelineContext):
+    transport = "?"
+
+    def __init__(self, settings, metrics, models, on_close: Callable[["Session"], None] | None = None):
+        super().__init__(settings, metrics, models)
+        self.pipelines: dict[str, Pipeline] = {}
+        self._on_close = on_close
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+        self.closed = asyncio.Event()
+
+    # --- pipelines -------------------------------------------------------------------------------
+    def add_pipelines(self, requested: dict[str, tuple[type[Pipeline], dict]]) -> None:
+        """Instantiate pipelines (raises OptionError for bad options, or for a pipeline that needs
+        media this transport does not carry)."""
+        for name, (cls, options) in requested.items():
+            missing = sorted(m for m in cls.requires if getattr(self, m, None) is None)
+            if missing:
+                raise OptionError(f"{name} needs {', '.join(missing)}, which a {self.transport} session "
+                                  "does not have")
+            self.pipelines[name] = cls(self, options)
+
+    def start_pipelines(self) -> None:
+        for name, pipeline in self.pipelines.items():
+            self.spawn(self.guard(name, pipeline.run()), f"pipeline-{name}")
+
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self.id[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def guard(self, name: str | None, coro) -> None:
+        """Run a pipeline's coroutine; a failure becomes an ``error`` event, not a dead session."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("pipeline %s failed in session %s", name, self.id)
+            self.emit_error(name, f"{type(exc).__name__}: {exc}")
+
+    # --- events ------------------------------------------------------------------------------------
+    def emit(self, type: str, **fields) -> None:
+        if self.send(self.event_json(type, **fields)):
+            self.metrics.events_out.labels(type).inc()
+        else:
+            self.metrics.events_dropped.inc()
+
+    def send(self, message: str) -> bool:
+        """Hand one JSON text message to the client; False when it was dropped."""
+        raise NotImplementedError
+
+    # --- the control protocol ----------------------------------------------------------------------
+    def parse(self, message: Any) -> dict | None:
+        """A client's text message as a JSON object with a ``type``, or None (error sent)."""
+        if not isinstance(message, str):
+            self.emit_error(None, "binary messages are not supported here; send JSON text")
+            return None
+        if len(message) > MAX_MESSAGE_CHARS:
+            self.emit_error(None, f"message too large ({len(message)} chars, max {MAX_MESSAGE_CHARS})")
+            return None
+        try:
+            msg = json.loads(message)
+        except ValueError:
+            self.emit_error(None, "malformed message: not JSON")
+            return None
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            self.emit_error(None, 'malformed message: expected an object with a "type"')
+            return None
+        return msg
+
+    async def handle_control(self, msg: dict) -> bool:
+        """ping, text and config; False for a type the control protocol does not know."""
+        kind = msg["type"]
+        if kind == "ping":
+            self.emit("pong", id=msg.get("id"))
+        elif kind == "text":
+            text = msg.get("text")
+            if not isinstance(text, str) or not text.strip():
+                self.emit_error(None, 'a "text" message needs a non-empty "text" string')
+            elif len(text) > MAX_TEXT_CHARS:
+                self.emit_error(None, f"text too long ({len(text)} chars, max {MAX_TEXT_CHARS})")
+            else:
+                for name, pipeline in self.pipelines.items():
+                    await self.guard(name, pipeline.on_text(text))
+        elif kind == "config":
+            self.configure(msg)
+        else:
+            return False
+        return True
+
+    def configure(self, msg: dict) -> None:
+        name, options = msg.get("pipeline"), msg.get("options", {})
+        if name is None and len(self.pipelines) == 1:
+            name = next(iter(self.pipelines))  # one pipeline: it need not be named
+        if name not in self.pipelines:
+            return self.emit_error(None, f"config: pipeline {name!r} is not active; active: {list(self.pipelines)}")
+        if not isinstance(options, dict):
+            return self.emit_error(name, 'config: "options" must be an object')
+        try:
+            self.pipelines[name].configure(options)
+        except OptionError as exc:
+            return self.emit_error(name, str(exc))
+        self.emit("config", pipeline=name, options=self.pipelines[name].options)
+
+    # --- lifetime ----------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Stop the pipelines, release the transport, tell the server; idempotent."""
+        if self._closing:
+            await self.closed.wait()
+            return
+        self._closing = True
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for name, pipeline in self.pipelines.items():
+            await self.guard(name, pipeline.close())
+        await self._release()
+        if self._on_close is not None:
+            self._on_close(self)
+        self.closed.set()
+        log.info("%s session %s closed", self.transport, self.id)
+
+    async def _release(self) -> None:
+        """Free what the transport holds (tracks, peer connection, socket writer)."""
