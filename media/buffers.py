@@ -25,6 +25,8 @@ class AudioRing:
         self._data = np.zeros(self.capacity, dtype=np.float32)
         self.end = 0  # monotonic sample clock: total samples written
         self._changed = asyncio.Event()
+        self._readers = 0  # chunks() iterators running
+        self._waiting = 0  # of them, those waiting for samples not written yet
 
     @property
     def start(self) -> int:
@@ -61,15 +63,30 @@ class AudioRing:
         (default: now) on, as they arrive. A reader that falls a whole ring behind (CPU
         starvation) skips to the present: the next chunk's start index shows the gap."""
         cursor = self.end if start is None else start
-        while True:
-            await self.wait_for(cursor + size)
-            try:
-                chunk = self.read(cursor, cursor + size)
-            except AudioOverrun:
-                cursor = self.end - size
-                continue
-            yield cursor, chunk
-            cursor += size
+        self._readers += 1
+        try:
+            while True:
+                if self.end < cursor + size:
+                    self._waiting += 1
+                    try:
+                        await self.wait_for(cursor + size)
+                    finally:
+                        self._waiting -= 1
+                try:
+                    chunk = self.read(cursor, cursor + size)
+                except AudioOverrun:
+                    cursor = self.end - size
+                    continue
+                yield cursor, chunk
+                cursor += size
+        finally:
+            self._readers -= 1
+
+    async def consumed(self) -> None:
+        """Return once a reader runs and every reader has taken all the audio written (each is
+        waiting for more): what was written has been heard, and acted on."""
+        while not (self._readers and self._waiting == self._readers):
+            await asyncio.sleep(0.02)
 
     async def wait_for(self, sample_index: int) -> None:
         """Wait until ``sample_index`` samples have been written."""

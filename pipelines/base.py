@@ -38,6 +38,10 @@ class Pipeline(abc.ABC):
     # Context media this pipeline cannot run without ("camera", "video_out", "audio_out"); a
     # transport that lacks one refuses the pipeline with a clear error.
     requires: ClassVar[frozenset[str]] = frozenset()
+    # Server-wide settings of this pipeline: a dataclass whose fields become flags
+    # ``--<name>-<field>`` and variables ``MMS_<NAME>_<FIELD>`` (server/config.py); an instance
+    # is ``settings.<name>``.
+    Settings: ClassVar[type | None] = None
 
     def __init__(self, context: "PipelineContext", options: dict[str, Any] | None = None):
         self.context = context
@@ -92,7 +96,10 @@ class Pipeline(abc.ABC):
 
     async def drained(self) -> None:
         """Return once every result of the audio received so far has been emitted (the input
-        has ended, e.g. a WebSocket's ``stop_stream``). Audio pipelines override it."""
+        has ended, e.g. a WebSocket's ``stop_stream``). By default: once the pipeline's readers
+        of ``context.audio`` have all taken everything written; a pipeline with work queued
+        beyond its reader (translation) says more."""
+        await self.context.audio.consumed()
 
     @property
     def end_of_input_silence(self) -> float:

@@ -317,7 +317,7 @@ def test_command_line(trained, tmp_path, capsys):
                 "--top-k", "3", "--samples", "5", "--seed", "1"]) == 0
     sampled = capsys.readouterr().out.splitlines()
     assert len(sampled) == 5 and all(line.startswith("[00:00:01.") for line in sampled)
-    help_text = subprocess.run([sys.executable, "-m", "commentary", "--help"], cwd=ROOT, capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "pipelines.commentary", "--help"], cwd=ROOT, capture_output=True,
                                text=True, timeout=60)
     assert help_text.returncode == 0 and "preprocess" in help_text.stdout and "generate" in help_text.stdout
 
@@ -333,7 +333,7 @@ def test_pipeline_options_are_validated():
 
 @pytest.mark.parametrize("colour,pitch", [("red", "low"), ("blue", "high")])
 async def test_live_comments_over_webrtc(trained, settings, media_server, colour, pitch):
-    media_server.server.settings.commentary_checkpoint = str(trained["checkpoint"])
+    media_server.server.settings.commentary.checkpoint = str(trained["checkpoint"])
     image = np.zeros((240, 320, 3), np.uint8)
     image[:] = COLOURS[colour][::-1]  # BGR
     client = StreamClient(media_server.url, ["commentary"],
@@ -348,7 +348,7 @@ async def test_live_comments_over_webrtc(trained, settings, media_server, colour
 
 
 async def test_without_a_checkpoint_the_session_gets_an_error_naming_the_commands(settings, media_server):
-    assert media_server.server.settings.commentary_checkpoint == ""
+    assert media_server.server.settings.commentary.checkpoint == ""
     client = StreamClient(media_server.url, ["commentary"])
     await client.connect(ArrayAudioTrack(tone(220.0, 1.0), RATE, loop=True), PatternVideoTrack())
     try:
@@ -366,7 +366,7 @@ async def test_without_a_checkpoint_the_session_gets_an_error_naming_the_command
 
 
 async def test_a_missing_checkpoint_file_is_reported(tmp_path, settings, media_server):
-    media_server.server.settings.commentary_checkpoint = str(tmp_path / "nowhere.pt")
+    media_server.server.settings.commentary.checkpoint = str(tmp_path / "nowhere.pt")
     client = StreamClient(media_server.url, ["commentary"])
     await client.connect()
     try:
@@ -382,7 +382,7 @@ async def test_the_page_shows_comments_as_a_chat(trained, settings, media_server
     from tests.media import write_wav, write_y4m
     from tests.test_browser import chromium_page
 
-    media_server.server.settings.commentary_checkpoint = str(trained["checkpoint"])
+    media_server.server.settings.commentary.checkpoint = str(trained["checkpoint"])
     red = np.zeros((240, 320, 3), np.uint8)
     red[:] = COLOURS["red"][::-1]
     y4m = write_y4m(tmp_path / "red.y4m", [red] * 25)

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines import PIPELINES
 from pipelines.base import OptionError, Pipeline
-from server.config import parse_settings
+from server.config import Settings, parse_settings
 from server.ice import restrict_ice_hosts
 from media.buffers import AudioOverrun, AudioRing, LatestFrame
 from tracks.inbound import AudioResampler
@@ -170,6 +170,28 @@ def test_settings_from_flags_and_environment():
         parse_settings(["--device", "tpu"], environ={})
 
 
+def test_pipeline_settings_flags_environment_and_old_names():
+    s = parse_settings(["--gender-backend", "wav2vec2", "--translation-asr-model", "tiny.en",
+                        "--emotion-face-model", "faces/", "--talking-head-max-avatar-sessions", "4"], environ={})
+    assert (s.gender.backend, s.translation.asr_model, s.emotion.face_model) == ("wav2vec2", "tiny.en", "faces/")
+    assert s.talking_head.max_avatar_sessions == 4 and s.commentary.checkpoint == ""
+    env = {"MMS_TRANSLATION_MT_BACKEND": "apertium", "MMS_TALKING_HEAD_PORTRAIT_DIR": "/tmp/p",
+           "MMS_COMMENTARY_CHECKPOINT": "c.pt"}
+    s = parse_settings([], environ=env)
+    assert (s.translation.mt_backend, s.talking_head.portrait_dir, s.commentary.checkpoint) == \
+        ("apertium", "/tmp/p", "c.pt")
+    # today's flags and variables stay as aliases
+    s = parse_settings(["--asr-model", "base", "--portrait-dir", "/tmp/q", "--max-avatar-sessions", "2"],
+                       environ={"MMS_TTS_BACKEND": "transformers", "MMS_AVATAR_IDLE_TIMEOUT": "5"})
+    assert (s.translation.asr_model, s.talking_head.portrait_dir, s.talking_head.max_avatar_sessions) == \
+        ("base", "/tmp/q", 2)
+    assert s.translation.tts_backend == "transformers" and s.talking_head.avatar_idle_timeout == 5.0
+    for argv, env in ((["--gender-backend", "crystal-ball"], {}), ([], {"MMS_TRANSLATION_MT_BACKEND": "guess"})):
+        with pytest.raises(SystemExit):
+            parse_settings(argv, environ=env)
+    assert Settings().gender.backend == "pitch"  # defaults without parsing
+
+
 # --- ICE restriction -----------------------------------------------------------------------------
 async def test_ice_restriction_gathers_only_given_hosts():
     try:
@@ -223,7 +245,6 @@ def test_pipeline_options_merge_and_validate():
 def test_shared_models_load_once_per_registry_and_key():
     from concurrent.futures import ThreadPoolExecutor
     from inference import ModelRegistry
-    from server.config import Settings
     EchoPipeline.loads = 0
     registry = ModelRegistry(Settings())
     with ThreadPoolExecutor(8) as pool:
@@ -235,7 +256,6 @@ def test_shared_models_load_once_per_registry_and_key():
 
 async def test_registry_records_batches_and_closes_what_it_owns():
     from inference import ModelRegistry
-    from server.config import Settings
     from server.metrics import Metrics
 
     class Sweeper:

@@ -285,7 +285,7 @@ def synthetic_folder(root, per_label: int = 10, seed: int = 0):
 
 
 def test_training_command_learns_and_weights_load_back(tmp_path, capsys):
-    from pipelines import emotion_train
+    from pipelines.emotion import train as emotion_train
 
     folder = synthetic_folder(tmp_path / "data")
     items = emotion_train.scan(folder)
@@ -317,7 +317,7 @@ def test_training_command_learns_and_weights_load_back(tmp_path, capsys):
 
 def test_bad_weights_and_bad_folders_are_refused(tmp_path):
     import torch
-    from pipelines import emotion_train
+    from pipelines.emotion import train as emotion_train
 
     bogus = tmp_path / "bogus.pt"
     torch.save({"something": 1}, bogus)

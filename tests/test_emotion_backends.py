@@ -135,11 +135,11 @@ def test_generated_responses_fall_back_and_never_answer_a_crisis(models):
 @pytest.fixture
 def settings(settings, models):
     settings.pipelines = ["emotion"]
-    settings.emotion_face_model = models["face"]
-    settings.emotion_voice_model = models["voice"]
-    settings.emotion_text_model = models["text"]
-    settings.emotion_response_model = models["response"]
-    settings.emotion_fusion_weights = models["fusion"]
+    settings.emotion.face_model = models["face"]
+    settings.emotion.voice_model = models["voice"]
+    settings.emotion.text_model = models["text"]
+    settings.emotion.response_model = models["response"]
+    settings.emotion.fusion_weights = models["fusion"]
     return settings
 
 

@@ -265,7 +265,7 @@ async def test_avatar_session_api(media_server, tmp_path):
 async def test_idle_avatar_sessions_are_removed(media_server):
     from pipelines.talking_head.pipeline import avatar_sessions
 
-    registry: AvatarSessions = avatar_sessions(media_server.server)
+    registry: AvatarSessions = avatar_sessions(media_server.server.models)
     registry.idle_timeout = 0.3
     api = AvatarClient(media_server.url)
     try:

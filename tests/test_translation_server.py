@@ -20,7 +20,7 @@ LOOPBACK = "127.0.0.1"
 
 
 def spanish_words_heard(samples_16k: np.ndarray) -> set[str]:
-    heard = TranslationModels(Settings()).asr("es").transcribe(samples_16k, "es").text
+    heard = TranslationModels(Settings().translation).asr("es").transcribe(samples_16k, "es").text
     return set(words(heard)) & SPANISH_WORDS
 
 

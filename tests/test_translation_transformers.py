@@ -104,16 +104,16 @@ def test_tiny_backends_load_and_generate(tiny):
 
 @pytest.fixture
 def transformers_settings(settings, tiny):
-    settings.mt_backend = "transformers"
-    settings.mt_model = str(tiny / "opus-mt-{src}-{tgt}")
-    settings.tts_backend = "transformers"
-    settings.tts_model = str(tiny / "mms-tts-{lang3}")
-    settings.seamless_model = str(tiny / "seamless")
+    settings.translation.mt_backend = "transformers"
+    settings.translation.mt_model = str(tiny / "opus-mt-{src}-{tgt}")
+    settings.translation.tts_backend = "transformers"
+    settings.translation.tts_model = str(tiny / "mms-tts-{lang3}")
+    settings.translation.seamless_model = str(tiny / "seamless")
     return settings
 
 
 async def test_transformers_cascade_and_seamless_over_websocket(transformers_settings, media_server):
-    assert ("en", "de") in available_pairs(transformers_settings)  # any pair: the model decides
+    assert ("en", "de") in available_pairs(transformers_settings.translation)  # any pair: the model decides
     url = media_server.url.replace("http", "ws") + "/ws/translate"
     english = load_audio(espeak("en-us", EN_TEXT))
     for backend in ("cascade", "seamless"):
@@ -122,7 +122,7 @@ async def test_transformers_cascade_and_seamless_over_websocket(transformers_set
         errors = [e for e in events if e["type"] == "error"]
         assert not errors, errors
         finals = [e for e in events if e["type"] == "translation" and e["final"]]
-        assert finals, events
+        assert finals, (backend, [(e["type"], e.get("text")) for e in events])
         stages = {"asr", "mt", "tts"} if backend == "cascade" else {"s2st"}
         assert stages <= set(finals[0]["timings_ms"]), finals[0]
         assert len(speech) > 0 and sum(e["audio_seconds"] for e in finals) > 0

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,8 +45,15 @@ def write_comment(commentator, camera, frames: list, audio: np.ndarray, temperat
     return commentator.comment([window], temperature, top_k)[0]
 
 
+@dataclass
+class CommentarySettings:
+    checkpoint: str = field(default="", metadata={
+        "help": "checkpoint written by `python -m pipelines.commentary train` (empty: none)"})
+
+
 class CommentaryPipeline(Pipeline):
     name = "commentary"
+    Settings = CommentarySettings
     description = "Twitch-style chat comments about the stream, written by a multimodal LSTM"
     requires = frozenset({"camera"})
     defaults = {
@@ -56,15 +64,15 @@ class CommentaryPipeline(Pipeline):
 
     @classmethod
     def shared_key(cls, settings):
-        return (settings.device, settings.commentary_checkpoint)
+        return (settings.device, settings.commentary.checkpoint)
 
     @classmethod
     def load_shared(cls, settings, registry):
-        if not settings.commentary_checkpoint:
+        if not settings.commentary.checkpoint:
             return None
         from pipelines.commentary.model import Commentator  # torch: only when a model is configured
 
-        return Commentator.load(settings.commentary_checkpoint, settings.device)
+        return Commentator.load(settings.commentary.checkpoint, settings.device)
 
     def validate(self, options):
         for key in ("interval", "temperature"):
@@ -82,7 +90,7 @@ class CommentaryPipeline(Pipeline):
         try:
             commentator = await self.context.models.shared(type(self))
         except Exception as exc:  # a missing, corrupt or foreign file: say so, the session carries on
-            log.exception("commentary checkpoint %s failed to load", self.context.settings.commentary_checkpoint)
+            log.exception("commentary checkpoint %s failed to load", self.context.settings.commentary.checkpoint)
             self.context.emit_error(self.name, f"cannot load the commentary model: {exc}")
             return
         if commentator is None:

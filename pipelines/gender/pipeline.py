@@ -17,7 +17,7 @@ import math
 import re
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -107,8 +107,17 @@ class GenderModels:
     classifier: Model  # backend.predict, batched across sessions
 
 
+@dataclass
+class GenderSettings:
+    backend: str = field(default="pitch", metadata={
+        "help": "voice-gender backend: pitch (embedded) or wav2vec2", "choices": ("pitch", "wav2vec2")})
+    model: str = field(default="7wolf/wav2vec2-base-gender-classification", metadata={
+        "help": "transformers model id or local path for the wav2vec2 backend"})
+
+
 class GenderPipeline(Pipeline):
     name = "gender"
+    Settings = GenderSettings
     description = "Female or male voice, about once a second while someone speaks"
     defaults = {
         "interval": 1.0,  # seconds between results while speech continues
@@ -119,11 +128,11 @@ class GenderPipeline(Pipeline):
 
     @classmethod
     def shared_key(cls, settings):
-        return (settings.device, settings.gender_backend, settings.gender_model)
+        return (settings.device, settings.gender.backend, settings.gender.model)
 
     @classmethod
     def load_shared(cls, settings, registry) -> GenderModels:
-        backend = make_backend(settings.gender_backend, settings.gender_model, settings.device)
+        backend = make_backend(settings.gender.backend, settings.gender.model, settings.device)
         return GenderModels(SileroVAD(), backend, registry.model(cls.name, backend.predict, max_batch=32))
 
     def validate(self, options):
@@ -149,7 +158,7 @@ class GenderPipeline(Pipeline):
         speech_samples = 0
         fresh_speech = 0  # speech samples since the last result
         last_result = 0.0
-        async for _, chunk in audio.chunks(hop):
+        async for _, chunk in audio.chunks(hop, audio.start):  # what came while models loaded too
             probs = await vad.feed(chunk)
             if len(probs) and probs.max() >= self.options["vad_threshold"]:
                 speech.append(chunk)

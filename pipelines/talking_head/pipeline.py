@@ -336,7 +336,7 @@ class AvatarSessions:
 def avatar_sessions(models) -> AvatarSessions:
     """The REST avatar sessions of a server: kept by its model registry, closed with it."""
     return models.keep(("talking_head", "avatar_sessions"), lambda: AvatarSessions(
-        models.settings.max_avatar_sessions, models.settings.avatar_idle_timeout))
+        models.settings.talking_head.max_avatar_sessions, models.settings.talking_head.avatar_idle_timeout))
 
 
 # --- request decoding ----------------------------------------------------------------------------
@@ -391,8 +391,22 @@ def _flag(value: str | None) -> bool:
 
 
 # --- the pipeline --------------------------------------------------------------------------------
+@dataclass
+class TalkingHeadSettings:
+    portrait_dir: str = field(default="", metadata={
+        "help": "folder that keeps uploaded portraits (empty: memory only)",
+        "aliases": ("--portrait-dir",), "env_aliases": ("MMS_PORTRAIT_DIR",)})
+    max_avatar_sessions: int = field(default=32, metadata={
+        "help": "REST avatar sessions at once",
+        "aliases": ("--max-avatar-sessions",), "env_aliases": ("MMS_MAX_AVATAR_SESSIONS",)})
+    avatar_idle_timeout: float = field(default=120.0, metadata={
+        "help": "seconds before an unused REST avatar session is removed",
+        "aliases": ("--avatar-idle-timeout",), "env_aliases": ("MMS_AVATAR_IDLE_TIMEOUT",)})
+
+
 class TalkingHeadPipeline(Pipeline):
     name = "talking_head"
+    Settings = TalkingHeadSettings
     description = "A portrait that speaks on the returned video, lips driven by audio"
     defaults = {
         "drive": "mic",  # mic | translation | api
@@ -405,11 +419,11 @@ class TalkingHeadPipeline(Pipeline):
 
     @classmethod
     def shared_key(cls, settings):
-        return (settings.device, settings.portrait_dir, settings.video_fps)
+        return (settings.device, settings.talking_head.portrait_dir, settings.video_fps)
 
     @classmethod
     def load_shared(cls, settings, registry) -> TalkingHeadShared:
-        store = PortraitStore(FaceAnalyzer(), settings.portrait_dir or None)
+        store = PortraitStore(FaceAnalyzer(), settings.talking_head.portrait_dir or None)
         ticker = None
         if settings.device.startswith("cuda"):
             ticker = BatchTicker(TorchWarper(settings.device), settings.video_fps)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from aiohttp import web
@@ -15,6 +16,29 @@ from pipelines.translation import asr as asr_stage
 from pipelines.translation.mt import apertium_pairs
 from pipelines.translation.seamless import CODES as SEAMLESS_CODES
 from pipelines.translation.tts import espeak_languages
+
+
+def _old(flag: str) -> dict:
+    return {"aliases": (f"--{flag}",), "env_aliases": ("MMS_" + flag.upper().replace("-", "_"),)}
+
+
+@dataclass
+class TranslationSettings:
+    """The server-wide choices of models (``settings.translation``); the functions below take it."""
+    asr_model: str = field(default="auto", metadata={
+        "help": "Whisper model name or folder (auto: tiny.en for English, multilingual base otherwise)",
+        **_old("asr-model")})
+    mt_backend: str = field(default="auto", metadata={
+        "help": "text translation backend", "choices": ("auto", "apertium", "whisper", "transformers"),
+        **_old("mt-backend")})
+    mt_model: str = field(default="Helsinki-NLP/opus-mt-{src}-{tgt}", metadata={
+        "help": "transformers seq2seq model id/folder; {src} {tgt} are filled in", **_old("mt-model")})
+    tts_backend: str = field(default="espeak", metadata={
+        "help": "speech synthesis backend", "choices": ("espeak", "transformers"), **_old("tts-backend")})
+    tts_model: str = field(default="facebook/mms-tts-{lang3}", metadata={
+        "help": "transformers VITS model id/folder; {lang3} is filled in", **_old("tts-model")})
+    seamless_model: str = field(default="facebook/seamless-m4t-v2-large", metadata={
+        "help": "SeamlessM4T v2 model id/folder (option backend=seamless)", **_old("seamless-model")})
 
 
 def asr_languages(settings) -> set[str]:

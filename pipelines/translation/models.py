@@ -13,8 +13,9 @@ from pipelines.translation.tts import EspeakTTS, TransformersTTS
 class TranslationModels:
     """Everything sessions share, loaded lazily per model on first use (on a worker thread)."""
 
-    def __init__(self, settings):
-        self.settings = settings
+    def __init__(self, settings, device: str = "cpu"):
+        self.settings = settings  # TranslationSettings
+        self.device = device
         self.vad = SileroVAD()
         self._lock = threading.Lock()
         self._asr: dict[str, asr_stage.WhisperASR] = {}
@@ -30,7 +31,7 @@ class TranslationModels:
 
     def asr(self, language: str) -> asr_stage.WhisperASR:
         name = asr_model_for(self.settings, language)
-        return self._get(self._asr, name, lambda: asr_stage.WhisperASR(name, self.settings.device))
+        return self._get(self._asr, name, lambda: asr_stage.WhisperASR(name, self.device))
 
     def translator(self, source: str, target: str):
         backend = mt_backend_for(self.settings, source, target)
@@ -39,7 +40,7 @@ class TranslationModels:
             return self._get(self._mt, (backend, source, target), lambda: ApertiumTranslator(source, target, mode))
         if backend == "transformers":
             return self._get(self._mt, (backend, source, target), lambda: TransformersTranslator(
-                self.settings.mt_model, source, target, self.settings.device))
+                self.settings.mt_model, source, target, self.device))
         return None  # "whisper": the recogniser translates
 
     def tts(self):
@@ -47,14 +48,14 @@ class TranslationModels:
             with self._lock:
                 if self._tts is None:
                     self._tts = (EspeakTTS() if self.settings.tts_backend == "espeak"
-                                 else TransformersTTS(self.settings.tts_model, self.settings.device))
+                                 else TransformersTTS(self.settings.tts_model, self.device))
         return self._tts
 
     def seamless(self):
         from pipelines.translation.seamless import SeamlessM4T  # imports torch: only when asked for
         with self._lock:
             if self._seamless is None:
-                self._seamless = SeamlessM4T(self.settings.seamless_model, self.settings.device)
+                self._seamless = SeamlessM4T(self.settings.seamless_model, self.device)
             return self._seamless
 
 

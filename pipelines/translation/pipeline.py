@@ -22,6 +22,7 @@ The same class drives WebRTC sessions and the WebSocket endpoints ``/ws/translat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import re
@@ -36,7 +37,8 @@ from aiohttp import web
 
 from media.audio import SAMPLE_RATE
 from pipelines.common.vad import CHUNK
-from pipelines.translation.languages import available_pairs, describe_pairs, languages, stream_options
+from pipelines.translation.languages import (TranslationSettings, available_pairs, describe_pairs, languages,
+                                             stream_options)
 from pipelines.translation.models import TranslationModels
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,7 @@ class Job:
 
 class TranslationPipeline(Pipeline):
     name = "translation"
+    Settings = TranslationSettings
     description = "Speak one language, hear and read another, live (utterance or streaming mode)"
     defaults = {
         "source": "en",
@@ -123,16 +126,15 @@ class TranslationPipeline(Pipeline):
 
     @classmethod
     def shared_key(cls, settings):
-        return (settings.device, settings.asr_model, settings.mt_backend, settings.mt_model,
-                settings.tts_backend, settings.tts_model, settings.seamless_model)
+        return (settings.device, *dataclasses.astuple(settings.translation))
 
     @classmethod
     def load_shared(cls, settings, registry) -> TranslationModels:
-        return TranslationModels(settings)
+        return TranslationModels(settings.translation, settings.device)
 
     @classmethod
     def routes(cls, server) -> list:
-        return [web.get("/languages", functools.partial(languages, server.settings))]
+        return [web.get("/languages", functools.partial(languages, server.settings.translation))]
 
     @classmethod
     def socket_endpoints(cls) -> dict:
@@ -161,7 +163,7 @@ class TranslationPipeline(Pipeline):
                                              or not re.fullmatch(r"[+\w-]{1,40}", options["voice"])):
             raise OptionError("translation: voice must be an espeak-ng voice name like es-419 or +f3")
         source, target = options["source"], options["target"]
-        pairs = available_pairs(self.context.settings, options["backend"])
+        pairs = available_pairs(self.context.settings.translation, options["backend"])
         if (source, target) not in pairs:
             raise OptionError(f"translation: {source!r} -> {target!r} is not available; "
                               f"available pairs: {describe_pairs(pairs)}")

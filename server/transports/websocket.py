@@ -110,9 +110,9 @@ class SocketSession(Session):
         else:
             tail = max(p.end_of_input_silence for p in self.pipelines.values())
             self.audio.write(np.zeros(int(tail * SAMPLE_RATE), np.float32))
-            drained = asyncio.gather(*(p.drained() for p in self.pipelines.values()))
-            running = asyncio.gather(*self._stream_tasks)  # a pipeline that ends stops the wait
-            done, _ = await asyncio.wait({drained, running}, timeout=DRAIN_TIMEOUT,
+            drained = asyncio.ensure_future(asyncio.gather(*(p.drained() for p in self.pipelines.values())))
+            # a pipeline that ends (fails) stops the wait too
+            done, _ = await asyncio.wait({drained, *self._stream_tasks}, timeout=DRAIN_TIMEOUT,
                                          return_when=asyncio.FIRST_COMPLETED)
             if drained not in done:
                 drained.cancel()
