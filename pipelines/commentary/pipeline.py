@@ -75,13 +75,7 @@ class CommentaryPipeline(Pipeline):
         return Commentator.load(settings.commentary.checkpoint, settings.device)
 
     def validate(self, options):
-        for key in ("interval", "temperature"):
-            if not isinstance(options[key], (int, float)) or isinstance(options[key], bool):
-                raise OptionError(f"commentary: {key} must be a number")
-        if not 0.5 <= options["interval"] <= 120:
-            raise OptionError("commentary: interval must be between 0.5 and 120 seconds")
-        if not 0 <= options["temperature"] <= 5:
-            raise OptionError("commentary: temperature must be between 0 (greedy) and 5")
+        self.check_ranges(options, {"interval": (0.5, 120, " seconds"), "temperature": (0, 5, " (0: greedy)")})
         if not isinstance(options["top_k"], int) or isinstance(options["top_k"], bool) \
                 or not 0 <= options["top_k"] <= 1000:
             raise OptionError("commentary: top_k must be a whole number between 0 (all words) and 1000")

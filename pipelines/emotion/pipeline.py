@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import time
 from collections import deque
 
 import numpy as np
 
-from pipelines.base import OptionError, Pipeline
+from pipelines.base import Pipeline
 from pipelines.emotion.cbt import Responder
 from pipelines.emotion.models import EmotionModels, EmotionSettings, load_models
 from pipelines.emotion.fusion import (INDEX, LABELS, Estimate, LabelHysteresis, Smoother, certainty,
@@ -75,16 +74,10 @@ class EmotionPipeline(Pipeline):
         return load_models(settings.emotion, settings.device, registry)
 
     def validate(self, options):
-        for key in self.defaults:
-            value = options[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise OptionError(f"emotion: {key} must be a number")
-        ranges = {"interval": (0.2, 30), "face_fps": (0.5, 15), "smoothing": (0, 10),
-                  "text_half_life": (1, 3600), "face_weight": (0, 10), "voice_weight": (0, 10),
-                  "text_weight": (0, 10), "vad_threshold": (0.05, 0.95)}
-        for key, (low, high) in ranges.items():
-            if not low <= options[key] <= high:
-                raise OptionError(f"emotion: {key} must be between {low} and {high}")
+        self.check_ranges(options, {
+            "interval": (0.2, 30, " s"), "face_fps": (0.5, 15, ""), "smoothing": (0, 10, " s"),
+            "text_half_life": (1, 3600, " s"), "face_weight": (0, 10, ""), "voice_weight": (0, 10, ""),
+            "text_weight": (0, 10, ""), "vad_threshold": (0.05, 0.95, "")})
 
     # --- per session -------------------------------------------------------------------------------
     def __init__(self, context, options=None):

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipelines.base import OptionError, Pipeline
+from pipelines.base import Pipeline
 from pipelines.common.audio_classifier import AudioClassifier, softmax
 from pipelines.common.pitch import yin
 from pipelines.common.vad import SileroVAD
@@ -136,18 +136,9 @@ class GenderPipeline(Pipeline):
         return GenderModels(SileroVAD(), backend, registry.model(cls.name, backend.predict, max_batch=32))
 
     def validate(self, options):
-        for key in self.defaults:
-            value = options[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise OptionError(f"gender: {key} must be a number")
-        if not 0.2 <= options["interval"] <= 30:
-            raise OptionError("gender: interval must be between 0.2 and 30 seconds")
-        if not 0.5 <= options["window"] <= 10:
-            raise OptionError("gender: window must be between 0.5 and 10 seconds")
-        if not 0.1 <= options["min_speech"] <= options["window"]:
-            raise OptionError("gender: min_speech must be between 0.1 s and the window")
-        if not 0.05 <= options["vad_threshold"] <= 0.95:
-            raise OptionError("gender: vad_threshold must be between 0.05 and 0.95")
+        self.check_ranges(options, {"interval": (0.2, 30, " seconds"), "window": (0.5, 10, " seconds"),
+                                    "vad_threshold": (0.05, 0.95, "")})
+        self.check_ranges(options, {"min_speech": (0.1, options["window"], " s (the window)")})
 
     async def run(self) -> None:
         models: GenderModels = await self.context.models.shared(type(self))

@@ -102,15 +102,8 @@ class TranslationPipeline(Pipeline):
             raise OptionError(f"translation: mode must be one of {list(MODES)}, not {options['mode']!r}")
         if options["backend"] not in BACKENDS:
             raise OptionError(f"translation: backend must be one of {list(BACKENDS)}, not {options['backend']!r}")
-        for key in ("min_silence", "vad_threshold", "stream_interval"):
-            if not isinstance(options[key], (int, float)) or isinstance(options[key], bool):
-                raise OptionError(f"translation: {key} must be a number")
-        if not 0.1 <= options["min_silence"] <= 3:
-            raise OptionError("translation: min_silence must be between 0.1 and 3 seconds")
-        if not 0.05 <= options["vad_threshold"] <= 0.95:
-            raise OptionError("translation: vad_threshold must be between 0.05 and 0.95")
-        if not 0.25 <= options["stream_interval"] <= 5:
-            raise OptionError("translation: stream_interval must be between 0.25 and 5 seconds")
+        self.check_ranges(options, {"min_silence": (0.1, 3, " seconds"), "vad_threshold": (0.05, 0.95, ""),
+                                    "stream_interval": (0.25, 5, " seconds")})
         if options["voice"] is not None and (not isinstance(options["voice"], str)
                                              or not re.fullmatch(r"[+\w-]{1,40}", options["voice"])):
             raise OptionError("translation: voice must be an espeak-ng voice name like es-419 or +f3")
