@@ -26,6 +26,7 @@ from aiortc.contrib.media import MediaBlackhole, MediaPlayer, MediaRecorder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
+from media.audio import to_pcm16
 from tracks.outbound import Pacer
 
 
@@ -36,7 +37,7 @@ class ArrayAudioTrack(MediaStreamTrack):
 
     def __init__(self, samples: np.ndarray, sample_rate: int, loop: bool = False):
         super().__init__()
-        self.pcm = np.clip(np.asarray(samples, dtype=np.float32) * 32767, -32768, 32767).astype(np.int16)
+        self.pcm = to_pcm16(samples)
         self.rate = sample_rate
         self.loop = loop
         self.step = sample_rate // 50
