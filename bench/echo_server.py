@@ -22,7 +22,6 @@ import logging
 import sys
 import time
 import uuid
-from collections import deque
 from pathlib import Path
 
 import cv2
@@ -32,7 +31,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from bench.harness import LoopLag  # noqa: E402
 from server.ice import restrict_ice_hosts  # noqa: E402
 
 log = logging.getLogger("echo")
@@ -73,7 +73,7 @@ class EchoServer:
     def __init__(self, transform):
         self.transform = transform
         self.pcs: dict[str, RTCPeerConnection] = {}
-        self.recent_lag: deque[float] = deque(maxlen=600)
+        self.lag = LoopLag(keep=600)  # as server.metrics.Metrics keeps for /health
         self.started = time.monotonic()
         self._monitor: asyncio.Task | None = None
 
@@ -86,7 +86,7 @@ class EchoServer:
         return app
 
     async def _on_startup(self, app) -> None:
-        self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop_lag())
+        self._monitor = asyncio.get_running_loop().create_task(self.lag.run())
 
     async def _on_shutdown(self, app) -> None:
         await asyncio.gather(*(pc.close() for pc in list(self.pcs.values())), return_exceptions=True)
@@ -94,15 +94,8 @@ class EchoServer:
         if self._monitor:
             self._monitor.cancel()
 
-    async def _monitor_loop_lag(self, interval: float = 0.1) -> None:
-        """Same measurement as server.metrics.Metrics.monitor_loop_lag."""
-        while True:
-            t0 = time.monotonic()
-            await asyncio.sleep(interval)
-            self.recent_lag.append(max(0.0, time.monotonic() - t0 - interval))
-
     async def health(self, request: web.Request) -> web.Response:
-        lags = np.asarray(self.recent_lag or [0.0]) * 1000
+        lags = np.asarray(self.lag.samples or [0.0]) * 1000
         return web.json_response({
             "status": "ok",
             "sessions": len(self.pcs),

@@ -21,32 +21,29 @@ Prints a markdown table and writes it to bench/results/emotion.md (raw numbers i
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import cv2
+import numpy as np
+from av import VideoFrame
 
-import aiohttp  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from av import VideoFrame  # noqa: E402
-from skimage import data as skdata  # noqa: E402
-
-from bench_sessions import ServerProcess, free_port  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from bench import harness  # noqa: E402
+from bench.harness import RESULTS, drain, markdown_table  # noqa: E402
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient  # noqa: E402
-from server.ice import restrict_ice_hosts  # noqa: E402
-from tests.media import espeak, load_audio  # noqa: E402
+from testing.images import astronaut  # noqa: E402
+from testing.media import espeak, load_audio  # noqa: E402
+from testing.server import ServerProcess  # noqa: E402
 
-HOST = "127.0.0.1"
-RESULTS = ROOT / "bench" / "results"
+SPEECH = ("I walked to the station this morning and waited for the train. "
+          "It was late again, so I read the news and drank my coffee.")
 SENTENCES = [("sad", "I feel so down and empty today, like nothing matters."),
              ("angry", "You broke my phone again and didn't even apologise, I'm so angry!"),
              ("happy", "We won the championship, this is the best day of my life!")]
@@ -55,8 +52,7 @@ SENTENCES = [("sad", "I feel so down and empty today, like nothing matters."),
 def webcam_frame(face: bool = True) -> np.ndarray:
     frame = np.full((480, 640, 3), 60, np.uint8)
     if face:
-        photo = np.ascontiguousarray(skdata.astronaut()[:, :, ::-1])
-        frame[:, 60:540] = cv2.resize(photo[0:320, 100:420], (480, 480))
+        frame[:, 60:540] = cv2.resize(astronaut()[0:320, 100:420], (480, 480))
     return frame
 
 
@@ -112,8 +108,7 @@ def bench_stage_cpu(seconds: int = 20) -> dict:
 
     fer, vad, mfcc, text = FerExpression(), SileroVAD().stream(), MfccExtractor(), PrototypeTextEmotion()
     baseline, smoother, labels = ProsodyBaseline(), Smoother(1.0), LabelHysteresis()
-    speech = load_audio(espeak("en", "I walked to the station this morning and waited for the train. "
-                                     "It was late again, so I read the news and drank my coffee."))
+    speech = load_audio(espeak("en", SPEECH))
     speech = np.tile(speech, int(np.ceil((seconds + 3) * 16000 / len(speech))))
     frame = VideoFrame.from_ndarray(webcam_frame(), format="bgr24").reformat(format="yuv420p")
     box = None
@@ -195,8 +190,7 @@ async def bench_reaction(url: str, repeats: int) -> dict:
         for _ in range(repeats):
             video.show(empty)
             await asyncio.sleep(4.0)  # the face is gone (held 2 s)
-            while client.events.qsize():
-                client.events.get_nowait()
+            drain(client)
             video.show(face)
             arrived, _ = await wait_event(client, lambda e: e["modalities"]["face"] is not None
                                           and e["modalities"]["face"]["label"] == "happy", 10)
@@ -218,16 +212,11 @@ async def bench_cpu(url: str, server: ServerProcess, sessions: int, pipelines: l
             clients.append(client)
         await asyncio.sleep(8.0)  # warm-up (models loaded, encoders settled)
         for client in clients:
-            while client.events.qsize():
-                client.events.get_nowait()
-        cpu0, t0 = server.ps.cpu_times(), time.monotonic()
+            drain(client)
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
         await asyncio.sleep(duration)
-        cpu1, t1 = server.ps.cpu_times(), time.monotonic()
-        used = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-        events = 0
-        for client in clients:
-            while client.events.qsize():
-                events += client.events.get_nowait().get("type") == "emotion"
+        used, t1 = server.cpu_seconds() - cpu0, time.monotonic()
+        events = sum(e.get("type") == "emotion" for client in clients for e in drain(client))
         return {"sessions": sessions, "pipelines": pipelines, "cpu_pct_per_session": round(100 * used / (t1 - t0) / sessions, 1),
                 "emotion_events_per_s_per_session": round(events / (t1 - t0) / sessions, 2),
                 "rss_mb": round(server.ps.memory_info().rss / 2**20)}
@@ -238,80 +227,67 @@ async def bench_cpu(url: str, server: ServerProcess, sessions: int, pipelines: l
 
 
 async def main_async(args) -> dict:
-    restrict_ice_hosts([HOST])
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+    harness.loopback_only()
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                      "face": bench_face(args.frames)}
     print("face stage:", json.dumps(results["face"]), flush=True)
     results["stage_cpu"] = bench_stage_cpu(args.stage_seconds)
     print("stage cpu:", json.dumps(results["stage_cpu"]), flush=True)
-    port = free_port()
-    server = ServerProcess("emotion", [sys.executable, "webrtc_server.py", "--host", HOST, "--port", str(port),
-                                       "--ice-host", HOST, "--pipelines", "emotion", "--max-sessions", "32",
-                                       "--log-level", "WARNING"], port, RESULTS / "emotion-server.log")
-    server.start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            await server.wait_healthy(http, 120)
+    async with ServerProcess.script("emotion", RESULTS / "emotion-server.log", "--pipelines", "emotion",
+                                    "--max-sessions", "32") as server:
         results["reaction"] = await bench_reaction(server.url, args.repeats)
         print("reaction:", json.dumps(results["reaction"]), flush=True)
-        speech = load_audio(espeak("en", "I walked to the station this morning and waited for the train. "
-                                         "It was late again, so I read the news and drank my coffee."))
+        speech = load_audio(espeak("en", SPEECH))
         results["cpu"] = []
         for n in args.sessions:
             for pipelines in (["emotion"], [], ["emotion"], []):  # alternated: the machine's load drifts
                 row = await bench_cpu(server.url, server, n, pipelines, args.duration, speech)
                 print("cpu:", json.dumps(row), flush=True)
                 results["cpu"].append(row)
-    finally:
-        await server.stop()
     return results
 
 
 def table(results: dict) -> str:
-    f, r = results["face"], results["reaction"]
-    lines = [f"Measured on {results['machine']} (shared with other work: expect noise), "
-             f"{time.strftime('%Y-%m-%d')}.", "",
-             "| measure | value |", "|---|---|",
-             f"| face stage, 640x480 frame, face searched in the whole frame (convert + detect + classify) | "
-             f"{f['total']['mean']} ms mean, {f['total']['p50']} ms p50, {f['total']['p95']} ms p95 |",
-             f"| &nbsp; of which detection (dlib HOG, 480 px wide) | {f['detect']['p50']} ms p50 |",
-             f"| &nbsp; of which classification (FER2013 tflite, 64x64) | {f['classify']['p50']} ms p50 |",
-             f"| &nbsp; of which frame conversion (yuv420p -> BGR) | {f['convert']['p50']} ms p50 |",
-             f"| face stage, frame without a face (full search) | {f['no_face']['p50']} ms p50 |",
-             f"| face stage, face tracked from the previous frame (the steady state) | "
-             f"{f['tracking']['mean']} ms mean, {f['tracking']['p50']} ms p50, {f['tracking']['p95']} ms p95 |",
-             f"| reaction to a new typed sentence (send -> event with its label) | "
-             f"{r['sentence']['p50']} ms p50, {r['sentence']['p95']} ms p95 (n={r['sentence']['n']}) |",
-             f"| reaction to a new face (first frame sent -> event with face happy) | "
-             f"{r['face']['p50']} ms p50, {r['face']['p95']} ms p95 (n={r['face']['n']}) |"]
-    c = results["stage_cpu"]
-    lines.append(f"| emotion stages' CPU per session (4 face frames/s tracked, VAD, MFCC, prosody, fusion, "
-                 f"a sentence every 5 s; no WebRTC) | {c['cpu_pct_of_core']}% of a core |")
+    f, r, c = results["face"], results["reaction"], results["stage_cpu"]
+    rows = [
+        ["face stage, 640x480 frame, face searched in the whole frame (convert + detect + classify)",
+         f"{f['total']['mean']} ms mean, {f['total']['p50']} ms p50, {f['total']['p95']} ms p95"],
+        ["&nbsp; of which detection (dlib HOG, 480 px wide)", f"{f['detect']['p50']} ms p50"],
+        ["&nbsp; of which classification (FER2013 tflite, 64x64)", f"{f['classify']['p50']} ms p50"],
+        ["&nbsp; of which frame conversion (yuv420p -> BGR)", f"{f['convert']['p50']} ms p50"],
+        ["face stage, frame without a face (full search)", f"{f['no_face']['p50']} ms p50"],
+        ["face stage, face tracked from the previous frame (the steady state)",
+         f"{f['tracking']['mean']} ms mean, {f['tracking']['p50']} ms p50, {f['tracking']['p95']} ms p95"],
+        ["reaction to a new typed sentence (send -> event with its label)",
+         f"{r['sentence']['p50']} ms p50, {r['sentence']['p95']} ms p95 (n={r['sentence']['n']})"],
+        ["reaction to a new face (first frame sent -> event with face happy)",
+         f"{r['face']['p50']} ms p50, {r['face']['p95']} ms p95 (n={r['face']['n']})"],
+        ["emotion stages' CPU per session (4 face frames/s tracked, VAD, MFCC, prosody, fusion, "
+         "a sentence every 5 s; no WebRTC)", f"{c['cpu_pct_of_core']}% of a core"],
+    ]
     for n in sorted({row["sessions"] for row in results["cpu"]}):
         on = [r["cpu_pct_per_session"] for r in results["cpu"] if r["sessions"] == n and r["pipelines"]]
         off = [r["cpu_pct_per_session"] for r in results["cpu"] if r["sessions"] == n and not r["pipelines"]]
         events = [r["emotion_events_per_s_per_session"] for r in results["cpu"] if r["sessions"] == n and r["pipelines"]]
         if on and off:
-            lines.append(f"| server process CPU per session, {n} session(s) of 640x480 video + speech over WebRTC | "
+            rows.append([f"server process CPU per session, {n} session(s) of 640x480 video + speech over WebRTC",
                          f"with emotion {' / '.join(map(str, on))}% of a core, with no pipeline "
-                         f"{' / '.join(map(str, off))}% ({statistics.mean(events):.2f} events/s) |")
-    return "\n".join(lines)
+                         f"{' / '.join(map(str, off))}% ({statistics.mean(events):.2f} events/s)"])
+    return "\n".join([f"Measured on {results['machine']} (shared with other work: expect noise), "
+                      f"{time.strftime('%Y-%m-%d')}.", "", markdown_table(["measure", "value"], rows)])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Emotion pipeline benchmark")
-    parser.add_argument("--sessions", default="1,2", type=lambda s: [int(x) for x in s.split(",")])
-    parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--stage-seconds", type=int, default=20)
+    parser = harness.parser(__doc__)
+    harness.add_load_flags(parser, "1,2", 15.0)
+    parser.add_argument("--repeats", type=int, default=6, help="reactions measured of each kind")
+    parser.add_argument("--frames", type=int, default=100, help="frames through the face stage")
+    parser.add_argument("--stage-seconds", type=int, default=20, help="simulated session seconds of the stages' CPU")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
     text = table(results)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "emotion.md").write_text(text + "\n")
-    (RESULTS / "emotion.json").write_text(json.dumps(results, indent=1) + "\n")
+    harness.write_results("emotion", text, results)
     return 0
 
 

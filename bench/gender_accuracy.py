@@ -33,7 +33,6 @@ voices; ``--split eval`` or ``--split tune`` reports one of them alone (default 
 """
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
@@ -44,14 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from bench import harness  # noqa: E402
+from bench.harness import markdown_table  # noqa: E402
+from media.buffers import SAMPLE_RATE  # noqa: E402
 from pipelines.gender.pipeline import HOP, GenderPipeline, PitchGender  # noqa: E402
 from pipelines.common.pitch import yin  # noqa: E402
 from pipelines.common.vad import SileroVAD  # noqa: E402
-from tests.media import LIBRIVOX, espeak, flite, load_audio  # noqa: E402
-from media.buffers import SAMPLE_RATE  # noqa: E402
+from testing.media import LIBRIVOX, espeak, flite, load_audio  # noqa: E402
 
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 
@@ -278,13 +277,6 @@ def row(name: str, ws: list[Window]) -> list[str]:
             fmt_mean(correct), fmt_mean(wrong), str(sum(abstained(w) for w in ws))]
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep] + [line(r) for r in rows])
-
-
 def calibration(ws: list[Window]) -> str:
     counted = [w for w in ws if not abstained(w)]
     bins = [("score > 0.9", lambda s: s > 0.9), ("0.7 < score <= 0.9", lambda s: 0.7 < s <= 0.9),
@@ -296,11 +288,11 @@ def calibration(ws: list[Window]) -> str:
         rows.append([name, str(len(sel)), f"{ok / len(sel):.1%}" if sel else "-",
                      fmt_mean([w.score for w in sel])])
     rows.append(["abstained (0.5)", str(len(ws) - len(counted)), "-", "-"])
-    return table(rows, ["confidence", "windows", "accuracy", "mean score"])
+    return markdown_table(["confidence", "windows", "accuracy", "mean score"], rows, pad=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--split", choices=["all", "eval", "tune"], default="all")
     ap.add_argument("--per-voice", action="store_true", help="also list every voice's windows")
     args = ap.parse_args()
@@ -337,7 +329,7 @@ def main() -> None:
     print(f"PitchGender on {len(voices)} voices, {len(windows)} windows "
           f"(window {opts['window']} s, a result every {opts['interval']} s of speech, "
           f"split={args.split}; {elapsed:.0f} s)\n")
-    print(table(rows, header))
+    print(markdown_table(header, rows, pad=True))
     print("\n* labelled from the recording's own F0 distribution (circular; not in the ALL rows):")
     for v in voices:
         if v.f0_labelled:

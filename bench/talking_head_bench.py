@@ -26,57 +26,40 @@ alone sustains. Prints a markdown table and writes it to
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import aiohttp
+import numpy as np
 
-import aiohttp  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from bench import harness  # noqa: E402
+from bench.harness import RESULTS, get_metrics, markdown_table  # noqa: E402
 from client import ArrayAudioTrack, StreamClient  # noqa: E402
+from pipelines.talking_head.avatar import Avatar  # noqa: E402
 from pipelines.talking_head.avatar_render import Rig, TorchWarper  # noqa: E402
-from pipelines.talking_head.face import FaceAnalyzer, default_portrait_image  # noqa: E402
-from pipelines.talking_head.pipeline import Avatar  # noqa: E402
-from server.ice import restrict_ice_hosts  # noqa: E402
-from tests.media import espeak, load_audio  # noqa: E402
+from testing.images import dark_pixels, mouth_area, portrait_rig  # noqa: E402
+from testing.media import espeak, frame_level, load_audio, vowel  # noqa: E402
+from testing.server import ServerProcess  # noqa: E402
 
-HOST = "127.0.0.1"
-RESULTS = ROOT / "bench" / "results"
 FPS = 25
 
 
-def vowel(seconds: float, rate: int = 16000, level: float = 0.3) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    x = sum(np.sin(2 * np.pi * 140 * k * t) / k * (1.5 if 500 < 140 * k < 1400 else 0.4) for k in range(1, 25))
-    return (level * x / np.abs(x).max()).astype(np.float32)
-
-
 class MouthMeter:
-    """Dark pixels in the default portrait's mouth region (as tests/test_talking_head.py counts)."""
+    """Whether the default portrait's mouth is open in a frame (as tests/test_talking_head.py counts)."""
 
     def __init__(self, rig: Rig):
-        lm = rig.landmarks
-        self.box = (int(lm[60, 0]) + 2, int(rig.lip_y - 4), int(lm[64, 0]) - 2, int(rig.lip_y + rig.max_drop + 4))
-        self.area = (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+        self.rig, self.area = rig, mouth_area(rig)
 
     def open(self, frame: np.ndarray) -> bool:
         if frame.shape[:2] != (512, 512):
             return False  # the placeholder card before the avatar shows
-        x0, y0, x1, y1 = self.box
-        grey = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
-        return (grey < 70).sum() > 0.2 * self.area
+        return dark_pixels(frame, self.rig) > 0.2 * self.area
 
 
 class StampedAudioTrack(ArrayAudioTrack):
@@ -140,59 +123,13 @@ def bench_render_only(rig: Rig, n: int, seconds: float = 4.0) -> float:
 
 
 # --- 3-6: through WebRTC -----------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+async def frames_sent(server: ServerProcess) -> float:
+    """Video frames the server has sent so far, all sessions (its /metrics)."""
+    async with aiohttp.ClientSession() as http:
+        return (await get_metrics(http, server.url)).get("mms_frames_out_total{kind=video}", 0.0)
 
 
-class Server:
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        self.log = open(RESULTS / "talking_head-server.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "webrtc_server.py"), "--port", str(self.port), "--pipelines", "talking_head",
-             "--ice-host", HOST, "--max-sessions", "20", "--log-level", "WARNING"],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        self.ps = psutil.Process(self.proc.pid)
-
-    async def ready(self) -> None:
-        deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                try:
-                    async with http.get(self.url + "/health") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    async def frames_sent(self) -> float:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(self.url + "/metrics") as resp:
-                text = await resp.text()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith('mms_frames_out_total{kind="video"}'))
-
-    def cpu_seconds(self) -> float:
-        t = self.ps.cpu_times()
-        return t.user + t.system
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-async def first_frame(server: Server, meter: MouthMeter) -> dict:
+async def first_frame(server: ServerProcess, meter: MouthMeter) -> dict:
     client = StreamClient(server.url, ["talking_head"], {"talking_head": {"drive": "mic"}})
     client.keep_frames = 1
     t0 = time.monotonic()
@@ -236,7 +173,7 @@ class light_viewers:
         self.receiver.get_decoder = self.real
 
 
-async def sustained(server: Server, n: int, duration: float) -> dict:
+async def sustained(server: ServerProcess, n: int, duration: float) -> dict:
     speech = load_audio(espeak("en"))
     clients = [StreamClient(server.url, ["talking_head"], {"talking_head": {"drive": "mic"}}) for _ in range(n)]
     try:
@@ -244,19 +181,19 @@ async def sustained(server: Server, n: int, duration: float) -> dict:
             await client.connect(audio=ArrayAudioTrack(speech, 16000, loop=True))
         await asyncio.sleep(3.0)  # warm-up: encoders settle
         counts = [c.frame_counts["video"] for c in clients]
-        sent, cpu, t0 = await server.frames_sent(), server.cpu_seconds(), time.monotonic()
+        sent, cpu, t0 = await frames_sent(server), server.cpu_seconds(), time.monotonic()
         load = os.getloadavg()[0]
         await asyncio.sleep(duration)
         wall = time.monotonic() - t0
         fps = [(c.frame_counts["video"] - k) / wall for c, k in zip(clients, counts)]
         return {"avatars": n, "fps_mean": statistics.mean(fps), "fps_min": min(fps),
-                "server_sent_fps_per_avatar": (await server.frames_sent() - sent) / wall / n,
+                "server_sent_fps_per_avatar": (await frames_sent(server) - sent) / wall / n,
                 "server_cpu_pct": 100 * (server.cpu_seconds() - cpu) / wall, "loadavg_1min": load}
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
-async def audio_to_lip(server: Server, meter: MouthMeter, bursts: int = 8) -> list[float]:
+async def audio_to_lip(server: ServerProcess, meter: MouthMeter, bursts: int = 8) -> list[float]:
     on, off = 0.6, 1.2
     clip = np.concatenate([np.zeros(int(1.5 * 16000), np.float32)] +
                           [np.concatenate([vowel(on), np.zeros(int(off * 16000), np.float32)]) for _ in range(bursts)])
@@ -282,7 +219,7 @@ async def audio_to_lip(server: Server, meter: MouthMeter, bursts: int = 8) -> li
     return latencies
 
 
-async def translation_sync(server: Server, meter: MouthMeter, bursts: int = 5) -> list[float]:
+async def translation_sync(server: ServerProcess, meter: MouthMeter, bursts: int = 5) -> list[float]:
     """Server-produced speech: pushed to the outbound track through the REST API drive (the same
     code path as translation: audio_out + play-clock lips). Received open mouth minus received sound."""
     from talking_head_client import AvatarClient
@@ -302,8 +239,7 @@ async def translation_sync(server: Server, meter: MouthMeter, bursts: int = 5) -
             await api.feed_audio(sid, (vowel(0.6) * 32767).astype("<i2").tobytes())
             await asyncio.sleep(1.6)
         frames = [(t, f.to_ndarray(format="bgr24")) for t, f in client.received["video"]]
-        audio = [(t, float(np.sqrt(np.mean((f.to_ndarray().astype(np.float32) / 32768) ** 2))))
-                 for t, f in client.received["audio"]]
+        audio = [(t, frame_level(f)) for t, f in client.received["audio"]]
     finally:
         await client.close()
         await api.delete_session(sid)
@@ -317,15 +253,14 @@ async def translation_sync(server: Server, meter: MouthMeter, bursts: int = 5) -
 
 
 async def main_async(args) -> dict:
-    restrict_ice_hosts([HOST])
-    rig = Rig(FaceAnalyzer().analyze_image(default_portrait_image(), "default"))
+    harness.loopback_only()
+    rig = portrait_rig()
     meter = MouthMeter(rig)
     results: dict = {"loadavg_start": os.getloadavg(), "cpus": os.cpu_count()}
     results["render"] = bench_render(rig)
     results["render_only_fps"] = {n: bench_render_only(rig, n) for n in args.avatars}
-    server = Server()
-    try:
-        await server.ready()
+    async with ServerProcess.script("talking_head", RESULTS / "talking_head-server.log", "--pipelines",
+                                    "talking_head", "--max-sessions", "20") as server:
         results["first_frame_cold"] = await first_frame(server, meter)
         results["first_frame_warm"] = [await first_frame(server, meter) for _ in range(5)]
         results["audio_to_lip_ms"] = await audio_to_lip(server, meter)
@@ -336,8 +271,6 @@ async def main_async(args) -> dict:
             with light_viewers():
                 results["sustained"] = [await sustained(server, n, args.duration) for n in args.avatars]
         results["viewers_decode_video"] = args.decode_video
-    finally:
-        server.stop()
     results["loadavg_end"] = os.getloadavg()
     return results
 
@@ -347,51 +280,50 @@ def table(r: dict) -> str:
     warm_server = [f["server_setup_ms"] for f in r["first_frame_warm"]]
     lat = r["audio_to_lip_ms"]
     sync = r["server_speech_sync_ms"]
-    lines = [
+    measures = [
+        ["render, cv2 path, 512x512",
+         f"{r['render']['cv2_ms_median']:.2f} ms/frame median, {r['render']['cv2_ms_p95']:.2f} ms p95"],
+        ["render, torch grid_sample batch of 8 on CPU tensors",
+         f"{r['render']['torch_cpu_batch8_ms_per_frame']:.2f} ms/frame"],
+        ["start to first avatar frame, first session (models load)",
+         f"{r['first_frame_cold']['client_ms']:.0f} ms (server part {r['first_frame_cold']['server_setup_ms']:.0f} ms)"],
+        ["start to first avatar frame, later sessions",
+         f"median {statistics.median(warm):.0f} ms, max {max(warm):.0f} ms "
+         f"(server part median {statistics.median(warm_server):.0f} ms)"],
+        [f"audio to lip through WebRTC, drive mic ({len(lat)} onsets)",
+         f"median {statistics.median(lat):.0f} ms, min {min(lat):.0f}, max {max(lat):.0f}" if lat else "n/a"],
+        [f"lips vs sound of server-played speech, received ({len(sync)} onsets; + = lips later)",
+         f"median {statistics.median(sync):+.0f} ms, range {min(sync):+.0f} .. {max(sync):+.0f}" if sync else "n/a"],
+    ]
+    levels = [[str(s["avatars"]), f"{r['render_only_fps'][s['avatars']]:.1f}", f"{s['fps_mean']:.1f} / {s['fps_min']:.1f}",
+               f"{s['server_sent_fps_per_avatar']:.1f}", f"{s['server_cpu_pct']:.0f}%",
+               f"{10 * s['server_cpu_pct'] / max(0.1, s['server_sent_fps_per_avatar'] * s['avatars']):.1f}",
+               f"{s['loadavg_1min']:.1f}"] for s in r["sustained"]]
+    return "\n".join([
         f"Machine: {r['cpus']} CPU cores shared with other work; load average (1/5/15 min) "
         f"{' / '.join(f'{x:.1f}' for x in r['loadavg_start'])} at the start, "
         f"{' / '.join(f'{x:.1f}' for x in r['loadavg_end'])} at the end.",
         "",
-        "| measure | value |",
-        "|---|---|",
-        f"| render, cv2 path, 512x512 | {r['render']['cv2_ms_median']:.2f} ms/frame median, "
-        f"{r['render']['cv2_ms_p95']:.2f} ms p95 |",
-        f"| render, torch grid_sample batch of 8 on CPU tensors | {r['render']['torch_cpu_batch8_ms_per_frame']:.2f} ms/frame |",
-        f"| start to first avatar frame, first session (models load) | {r['first_frame_cold']['client_ms']:.0f} ms "
-        f"(server part {r['first_frame_cold']['server_setup_ms']:.0f} ms) |",
-        f"| start to first avatar frame, later sessions | median {statistics.median(warm):.0f} ms, max {max(warm):.0f} ms "
-        f"(server part median {statistics.median(warm_server):.0f} ms) |",
-        f"| audio to lip through WebRTC, drive mic ({len(lat)} onsets) | "
-        + (f"median {statistics.median(lat):.0f} ms, min {min(lat):.0f}, max {max(lat):.0f} |" if lat else "n/a |"),
-        f"| lips vs sound of server-played speech, received ({len(sync)} onsets; + = lips later) | "
-        + (f"median {statistics.median(sync):+.0f} ms, range {min(sync):+.0f} .. {max(sync):+.0f} |" if sync else "n/a |"),
+        markdown_table(["measure", "value"], measures),
         "",
         f"WebRTC viewers {'decode' if r['viewers_decode_video'] else 'count without decoding'} the video they receive.",
         "",
-        "| avatars | render only: fps per avatar (worst) | WebRTC: received fps mean / worst | server sent fps per avatar | server CPU (% of a core) | server CPU ms / sent frame | load avg |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for s in r["sustained"]:
-        n = s["avatars"]
-        lines.append(f"| {n} | {r['render_only_fps'][n]:.1f} | {s['fps_mean']:.1f} / {s['fps_min']:.1f} | "
-                     f"{s['server_sent_fps_per_avatar']:.1f} | {s['server_cpu_pct']:.0f}% | "
-                     f"{10 * s['server_cpu_pct'] / max(0.1, s['server_sent_fps_per_avatar'] * n):.1f} | {s['loadavg_1min']:.1f} |")
-    return "\n".join(lines)
+        markdown_table(["avatars", "render only: fps per avatar (worst)", "WebRTC: received fps mean / worst",
+                        "server sent fps per avatar", "server CPU (% of a core)", "server CPU ms / sent frame",
+                        "load avg"], levels),
+    ])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--avatars", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16])
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per level")
+    parser = harness.parser(__doc__)
+    harness.add_load_flags(parser, "1,4,8,16", 8.0, levels_flag="--avatars", levels_help="comma-separated avatar counts")
     parser.add_argument("--decode-video", action="store_true",
                         help="viewers decode the VP8 they receive (default: they only count frames)")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
     text = table(results)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "talking_head.md").write_text(text + "\n")
-    (RESULTS / "talking_head.json").write_text(json.dumps(results, indent=1, default=str))
+    harness.write_results("talking_head", text, results)
 
 
 if __name__ == "__main__":

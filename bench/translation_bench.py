@@ -16,27 +16,25 @@ endpoints run, here with an in-process context), once per mode. Measured:
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
 import sys
 import time
 from pathlib import Path
 
+import jiwer
 import numpy as np
+import sacrebleu
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import jiwer  # noqa: E402
-import sacrebleu  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from bench import harness  # noqa: E402
 from inference import ModelRegistry  # noqa: E402
 from media.audio import SAMPLE_RATE  # noqa: E402
 from pipelines.context import PipelineContext  # noqa: E402
 from pipelines.translation.pipeline import TranslationPipeline  # noqa: E402
 from server.config import Settings  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
-from tests.media import espeak, flite, load_audio  # noqa: E402
+from testing.media import espeak, flite, load_audio  # noqa: E402
 
 SENTENCES = [
     ("I would like a cup of coffee please.", "Quisiera una taza de café, por favor."),
@@ -170,14 +168,15 @@ def stage_figures(result, clips) -> dict:
             "tts_rtf": tts_s / max(tts_audio, 1e-6)}
 
 
-def pct(values, q) -> str:
-    return f"{np.percentile(values, q) * 1000:.0f}" if values else "–"
+def ms(values, q) -> str:
+    """The ``q``-th percentile of seconds, in whole milliseconds."""
+    return f"{harness.pct(values, q) * 1000:.0f}" if values else "–"
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default="utterance,streaming")
-    parser.add_argument("--voices", default="espeak,flite")
+    parser = harness.parser(__doc__)
+    parser.add_argument("--modes", default="utterance,streaming", help="translation modes, comma-separated")
+    parser.add_argument("--voices", default="espeak,flite", help="English voices, comma-separated")
     args = parser.parse_args()
     settings = Settings()
     clips = []
@@ -203,12 +202,12 @@ async def main() -> None:
             print(f"[{mode}] {english!r} -> {hyp!r} -> {out!r}", file=sys.stderr)
     print(f"Apertium alone on the reference English text: BLEU {bleu_mt:.1f}, "
           f"chrF {sacrebleu.corpus_chrf(mt_alone, [refs_es]).score:.1f}\n")
-    print("| mode | utterances | WER (ASR) | BLEU | chrF | end of speech → first translated audio p50 / p95 (ms) "
-          "| start of speech → first audio p50 (ms) | ASR RTF | MT ms/call | TTS RTF |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for mode, n, wer, bleu, chrf, lat, first, st in rows:
-        print(f"| {mode} | {n} | {wer:.1%} | {bleu:.1f} | {chrf:.1f} | {pct(lat, 50)} / {pct(lat, 95)} "
-              f"| {pct(first, 50)} | {st['asr_rtf']:.3f} | {st['mt_ms']:.1f} | {st['tts_rtf']:.3f} |")
+    print(harness.markdown_table(
+        ["mode", "utterances", "WER (ASR)", "BLEU", "chrF", "end of speech → first translated audio p50 / p95 (ms)",
+         "start of speech → first audio p50 (ms)", "ASR RTF", "MT ms/call", "TTS RTF"],
+        [[mode, str(n), f"{wer:.1%}", f"{bleu:.1f}", f"{chrf:.1f}", f"{ms(lat, 50)} / {ms(lat, 95)}", ms(first, 50),
+          f"{st['asr_rtf']:.3f}", f"{st['mt_ms']:.1f}", f"{st['tts_rtf']:.3f}"]
+         for mode, n, wer, bleu, chrf, lat, first, st in rows]))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import sys
 from pathlib import Path
 
@@ -14,12 +13,7 @@ sys.path.insert(0, str(ROOT))
 
 from server.app import MediaServer  # noqa: E402
 from server.config import Settings  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from testing.net import free_port  # noqa: E402
 
 
 @dataclasses.dataclass

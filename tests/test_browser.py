@@ -5,89 +5,14 @@ pattern); ICE runs on 127.0.0.1 only (the server is restricted to it, Chromium i
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import time
-from pathlib import Path
 
-import numpy as np
+from testing.browser import (assert_no_page_errors, chromium_page, open_page, pattern_y4m,
+                             stop_and_check_closed)
+from testing.media import espeak
+from testing.net import LOOPBACK, server_pair
 
-from playwright import async_api
-
-from tests.media import espeak, write_y4m
-
-CHROMIUM = "/usr/bin/chromium"  # Debian's package (make installs it); never a downloaded browser
-
-LOOPBACK = "127.0.0.1"
 RESULT_TIMEOUT_MS = 30_000
-
-
-def pattern_y4m(path: Path, width: int = 320, height: int = 240, frames: int = 25) -> Path:
-    """A moving colour gradient with a white square, for Chromium's fake camera."""
-    images = []
-    for i in range(frames):
-        img = np.zeros((height, width, 3), dtype=np.uint8)
-        img[..., 0] = (np.arange(width)[None, :] + i * 8) % 256
-        img[..., 1] = np.arange(height)[:, None] * 255 // height
-        img[..., 2] = 96
-        x = (i * 10) % (width - 40)
-        img[100:140, x:x + 40] = 255
-        images.append(img)
-    write_y4m(path, images)
-    header = len(f"YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n")
-    # A torn file would give Chromium misaligned frames and end its fake camera early.
-    assert path.stat().st_size == header + frames * (len(b"FRAME\n") + width * height * 3 // 2)
-    return path
-
-
-@contextlib.asynccontextmanager
-async def chromium_page(tmp_path: Path, wav: Path, y4m: Path):
-    """A page in a fresh headless Chromium profile whose camera and microphone are the files."""
-    args = [
-        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}", f"--use-file-for-fake-video-capture={y4m}",
-        "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
-    ]
-    async with async_api.async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=args,
-            viewport={"width": 1280, "height": 900})
-        try:
-            page = context.pages[0] if context.pages else await context.new_page()
-            page.console_messages_seen = []
-            page.on("console", lambda m: page.console_messages_seen.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: page.console_messages_seen.append(f"pageerror: {e}"))
-            yield page
-        finally:
-            await context.close()
-
-
-async def open_page(page, url: str) -> None:
-    await page.goto(url)
-    await page.wait_for_selector("#pipeline-gender")  # /health answered and was listed
-    assert await page.is_checked("#pipeline-gender")  # a default pipeline
-    await page.wait_for_selector("#start:enabled")  # enabled once the pipelines' UI modules loaded
-
-
-async def wait_sessions(server, count: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(server.sessions) != count:
-        assert time.monotonic() < deadline, f"server has {len(server.sessions)} sessions, expected {count}"
-        await asyncio.sleep(0.1)
-
-
-def server_pair(session) -> tuple[tuple[str, int], tuple[str, int]] | None:
-    """(local, remote) addresses of the server's nominated ICE pair."""
-    for transceiver in session.pc.getTransceivers():
-        transport = transceiver.receiver.transport
-        if transport is None:
-            continue
-        for pair in transport.transport._connection._nominated.values():
-            return pair.local_addr, pair.remote_addr
-    return None
 
 
 async def run_voice(page, server, expected: str) -> dict:
@@ -125,13 +50,6 @@ async def run_voice(page, server, expected: str) -> dict:
     return stats
 
 
-async def stop_and_check_closed(page, server) -> None:
-    await page.click("#stop")
-    assert await page.text_content("#status") == "closed"
-    assert await page.is_enabled("#start")
-    await wait_sessions(server, 0, timeout=5)  # the close itself, well before the 10 s heartbeat timeout
-
-
 async def test_female_voice(media_server, tmp_path):
     wav, y4m = espeak("en+f3"), pattern_y4m(tmp_path / "pattern.y4m")
     async with chromium_page(tmp_path, wav, y4m) as page:
@@ -143,8 +61,7 @@ async def test_female_voice(media_server, tmp_path):
         await page.press("#text-input", "Enter")
         await page.wait_for_function("document.querySelector('#log').textContent.includes('sent text: hello')")
         await stop_and_check_closed(page, media_server.server)
-        errors = [m for m in page.console_messages_seen if m.startswith("pageerror")]
-        assert not errors, errors
+        assert_no_page_errors(page)
 
 
 async def test_male_voice_without_camera(media_server, tmp_path):

@@ -379,8 +379,8 @@ async def test_a_missing_checkpoint_file_is_reported(tmp_path, settings, media_s
 async def test_the_page_shows_comments_as_a_chat(trained, settings, media_server, tmp_path):
     """In headless Chromium: a red fake camera and a low tone, commentary picked on the page; the
     comments arrive in the card's scrolling chat."""
-    from tests.media import write_wav, write_y4m
-    from tests.test_browser import chromium_page
+    from testing.browser import assert_no_page_errors, chromium_page
+    from testing.media import write_wav, write_y4m
 
     media_server.server.settings.commentary.checkpoint = str(trained["checkpoint"])
     red = np.zeros((240, 320, 3), np.uint8)
@@ -403,5 +403,4 @@ async def test_the_page_shows_comments_as_a_chat(trained, settings, media_server
         assert lines[-1] == "chatbot: red screen low hum", lines
         assert "comment: red screen" in await page.text_content("#log")
         await page.click("#stop")
-        errors = [m for m in page.console_messages_seen if m.startswith("pageerror")]
-        assert not errors, errors
+        assert_no_page_errors(page)

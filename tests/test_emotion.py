@@ -19,13 +19,10 @@ from pipelines.emotion.fusion import (INDEX, LABELS, Estimate, LabelHysteresis, 
                                      fuse, label_map, project)
 from pipelines.emotion.prosody import MfccExtractor, ProsodyBaseline, prosody_features
 from pipelines.emotion.text_emotion import PrototypeTextEmotion, crisis_terms
-from tests.media import espeak, load_audio
+from testing.images import astronaut
+from testing.media import espeak, load_audio
 
 SR = 16000
-
-
-def astronaut() -> np.ndarray:
-    return np.ascontiguousarray(skdata.astronaut()[:, :, ::-1])  # RGB -> BGR
 
 
 def onehot(label: str, strength: float = 0.9) -> np.ndarray:
@@ -264,7 +261,7 @@ SYNTHETIC = {  # label -> (sentences, pitch Hz, loudness)
 def synthetic_folder(root, per_label: int = 10, seed: int = 0):
     """An IEMOCAP-style labelled folder: a transcript and a tone-like voice per utterance
     (distinct pitch and loudness per label), the astronaut's face for some happy ones."""
-    from tests.media import write_wav
+    from testing.media import write_wav
     rng = np.random.default_rng(seed)
     t = np.arange(int(0.8 * SR)) / SR
     folder_names = {"neutral": "neu", "happy": "hap", "sad": "sad", "angry": "ang"}  # IEMOCAP-style

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from skimage import data as skdata
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
 from pipelines.emotion import fusion_net
@@ -15,13 +14,11 @@ from pipelines.emotion.face_expression import TransformersExpression
 from pipelines.emotion.fusion import INDEX, LABELS
 from pipelines.emotion.prosody import TransformersVoiceEmotion
 from pipelines.emotion.text_emotion import TransformersTextEmotion
+from testing.images import astronaut
+from testing.media import espeak, load_audio
 
 WORDS = ("i am so happy sad angry today the train was late and my phone broke we won "
          "feel down empty furious great day life nothing matters coach thought").split()
-
-
-def astronaut() -> np.ndarray:
-    return np.ascontiguousarray(skdata.astronaut()[:, :, ::-1])
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +141,6 @@ def settings(settings, models):
 
 
 async def test_session_on_transformers_backends_and_fusion_network(media_server):
-    from tests.media import espeak, load_audio
     speech = load_audio(espeak("en", "I walked to the station and waited for the train to arrive."))
     client = StreamClient(media_server.url, ["emotion"], {"emotion": {"interval": 0.5}})
     await client.connect(ArrayAudioTrack(speech, 16000, loop=True), PatternVideoTrack(512, 512, image=astronaut()))

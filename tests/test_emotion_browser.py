@@ -4,17 +4,17 @@ response, and a crisis banner; typed text changes the result."""
 from __future__ import annotations
 
 import cv2
-import numpy as np
-from skimage import data as skdata
 
-from tests.media import espeak, write_y4m
-from tests.test_browser import LOOPBACK, chromium_page, server_pair
+from testing.browser import assert_no_page_errors, chromium_page
+from testing.images import astronaut
+from testing.media import espeak, write_y4m
+from testing.net import LOOPBACK, server_pair
 
 TIMEOUT_MS = 60_000  # the first session loads the models
 
 
 def astronaut_y4m(path):
-    image = cv2.resize(np.ascontiguousarray(skdata.astronaut()[:, :, ::-1]), (320, 320))
+    image = cv2.resize(astronaut(), (320, 320))
     return write_y4m(path, [image] * 10)
 
 
@@ -54,6 +54,5 @@ async def test_page_shows_emotion_from_face_and_words(media_server, tmp_path):
         assert stats["sessionId"] == session_id and list(session.pipelines) == ["emotion"]
         local, remote = server_pair(session)
         assert local[0] == LOOPBACK and remote[0] == LOOPBACK
-        errors = [m for m in page.console_messages_seen if m.startswith("pageerror")]
-        assert not errors, errors
+        assert_no_page_errors(page)
         await page.click("#stop")

@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from skimage import data as skdata
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
-from tests.media import espeak, load_audio
-from tests.test_server import assert_loopback, server_pair
+from testing.images import astronaut
+from testing.media import espeak, load_audio
+from testing.net import assert_loopback, server_pair
 
 FIRST_EVENT_TIMEOUT = 60  # the first session of a process loads the models (MiniLM, torch)
 
@@ -20,10 +20,6 @@ FIRST_EVENT_TIMEOUT = 60  # the first session of a process loads the models (Min
 def settings(settings):
     settings.pipelines = ["emotion"]
     return settings
-
-
-def astronaut() -> np.ndarray:
-    return np.ascontiguousarray(skdata.astronaut()[:, :, ::-1])
 
 
 async def next_emotion(client: StreamClient, predicate=lambda e: True, timeout: float = 15.0) -> dict:

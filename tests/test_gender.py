@@ -14,7 +14,7 @@ from pipelines.gender.pipeline import GenderPipeline, PitchGender, make_backend
 from pipelines.common.pitch import yin
 from pipelines.common.vad import CHUNK, SileroVAD
 from inference import Batcher, Overloaded
-from tests.media import espeak, flite, load_audio
+from testing.media import espeak, flite, load_audio
 
 SR = 16000
 

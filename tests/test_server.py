@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
-from tests.media import espeak, load_audio
+from testing.media import espeak, load_audio
+from testing.net import assert_loopback, server_pair
 
 
 async def post(url, **kwargs):
@@ -28,20 +29,6 @@ async def wait_until(predicate, timeout=10.0, interval=0.05):
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(interval)
-
-
-def assert_loopback(pair):
-    assert pair is not None, "no nominated ICE pair"
-    (local_host, _), (remote_host, _) = pair
-    assert local_host == "127.0.0.1" and remote_host == "127.0.0.1", pair
-
-
-def server_pair(session):
-    for t in session.pc.getTransceivers():
-        if t.receiver.transport is not None:
-            for pair in t.receiver.transport.transport._connection._nominated.values():
-                return pair.local_addr, pair.remote_addr
-    return None
 
 
 # --- HTTP endpoints ------------------------------------------------------------------------------

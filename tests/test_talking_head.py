@@ -16,11 +16,11 @@ from client import ArrayAudioTrack, StreamClient
 from pipelines.talking_head.avatar_render import Pose, Rig, TorchWarper
 from pipelines.talking_head.face import FaceAnalyzer, NoFaceError, decode_image, default_portrait_image
 from pipelines.talking_head.visemes import mouth_shape
-from pipelines.talking_head.pipeline import Avatar, AvatarSessions, BatchTicker
+from pipelines.talking_head.avatar import Avatar, BatchTicker
+from pipelines.talking_head.rest import AvatarSessions
 from talking_head_client import AvatarClient, AvatarAPIError
-from tests.media import espeak, load_audio, write_wav
-
-DARK = 70  # grey level under which a pixel of the mouth region counts as open mouth
+from testing.images import dark_pixels, mouth_area
+from testing.media import espeak, frame_level, load_audio, vowel, write_wav
 
 
 @pytest.fixture(scope="module")
@@ -31,26 +31,6 @@ def analyzer() -> FaceAnalyzer:
 @pytest.fixture(scope="module")
 def rig(analyzer) -> Rig:
     return Rig(analyzer.analyze_image(default_portrait_image(), "default"))
-
-
-def mouth_region(rig: Rig) -> tuple[int, int, int, int]:
-    """Between the inner lip corners, from just above the parting line to the fully dropped jaw
-    (with a margin for the idle head motion)."""
-    lm = rig.landmarks
-    return (int(lm[60, 0]) + 2, int(rig.lip_y - 4), int(lm[64, 0]) - 2, int(rig.lip_y + rig.max_drop + 4))
-
-
-def dark_pixels(frame: np.ndarray, rig: Rig) -> int:
-    x0, y0, x1, y1 = mouth_region(rig)
-    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[y0:y1, x0:x1]
-    return int((grey < DARK).sum())
-
-
-def vowel(seconds: float, rate: int = 16000, level: float = 0.3) -> np.ndarray:
-    """A loud open vowel: harmonics of 140 Hz shaped by /a/ formants (700, 1200 Hz)."""
-    t = np.arange(int(seconds * rate)) / rate
-    x = sum(np.sin(2 * np.pi * 140 * k * t) / k * (1.5 if 500 < 140 * k < 1400 else 0.4) for k in range(1, 25))
-    return (level * x / np.abs(x).max()).astype(np.float32)
 
 
 def jpeg(image_bgr: np.ndarray, orientation: int | None = None) -> bytes:
@@ -118,7 +98,7 @@ def test_rendered_mouth_follows_audio(rig):
         now[0] = frame_index * 640
         darks.append(dark_pixels(avatar.rig.render(avatar.pose(frame_index / 25)), rig))
     silence, speech, after = darks[5:24], darks[30:49], darks[60:]
-    region = np.prod(np.subtract(mouth_region(rig)[2:], mouth_region(rig)[:2]))
+    region = mouth_area(rig)
     assert max(silence) < 0.05 * region, silence
     assert min(speech) > 0.3 * region, speech
     assert max(after) < 0.05 * region, after
@@ -263,7 +243,7 @@ async def test_avatar_session_api(media_server, tmp_path):
 
 
 async def test_idle_avatar_sessions_are_removed(media_server):
-    from pipelines.talking_head.pipeline import avatar_sessions
+    from pipelines.talking_head.rest import avatar_sessions
 
     registry: AvatarSessions = avatar_sessions(media_server.server.models)
     registry.idle_timeout = 0.3
@@ -315,7 +295,7 @@ async def test_mic_drive_over_webrtc(media_server, rig):
     assert fps > 21, f"{fps:.1f} fps"
     assert frames[-1][1].shape == (512, 512, 3)
     darks = [dark_pixels(f, rig) for _, f in frames]
-    region = np.prod(np.subtract(mouth_region(rig)[2:], mouth_region(rig)[:2]))
+    region = mouth_area(rig)
     assert max(darks) > 0.3 * region, darks
     assert min(darks) < 0.05 * region, darks
     # Steady timing: arrival gaps of the received frames.
@@ -348,8 +328,7 @@ async def test_api_drive_over_webrtc(media_server, rig):
             assert time.monotonic() < deadline, await api.status(sid)
             await asyncio.sleep(0.2)
         frames = [(t, f) for t, f in received_frames(viewer) if t > shown + 0.1]
-        loud_audio_frames = sum(1 for _, f in viewer.received["audio"]
-                                if np.sqrt(np.mean((f.to_ndarray().astype(np.float32) / 32768) ** 2)) > 0.05)
+        loud_audio_frames = sum(1 for _, f in viewer.received["audio"] if frame_level(f) > 0.05)
         audio_at, video_at = onset_times(viewer, rig, shown)
     finally:
         await viewer.close()
@@ -357,16 +336,15 @@ async def test_api_drive_over_webrtc(media_server, rig):
     assert loud_audio_frames > 75  # of the 100 frames (2 s) of vowel fed: the viewer hears it
     assert abs(video_at - audio_at) < 0.08, (audio_at, video_at)
     darks = [dark_pixels(f, rig) for _, f in frames]
-    region = np.prod(np.subtract(mouth_region(rig)[2:], mouth_region(rig)[:2]))
+    region = mouth_area(rig)
     assert max(darks) > 0.3 * region and min(darks) < 0.05 * region, darks
 
 
 def onset_times(client: StreamClient, rig: Rig, after: float) -> tuple[float, float]:
     """Arrival times (after ``after``) of the first loud received audio frame and of the first
     received video frame whose mouth region is open."""
-    region = np.prod(np.subtract(mouth_region(rig)[2:], mouth_region(rig)[:2]))
-    audio_at = next(t for t, f in client.received["audio"]
-                    if t > after and np.sqrt(np.mean((f.to_ndarray().astype(np.float32) / 32768) ** 2)) > 0.05)
+    region = mouth_area(rig)
+    audio_at = next(t for t, f in client.received["audio"] if t > after and frame_level(f) > 0.05)
     video_at = next(t for t, f in received_frames(client) if t > after and dark_pixels(f, rig) > 0.2 * region)
     return audio_at, video_at
 
@@ -419,7 +397,8 @@ async def test_batched_path_serves_a_session(settings, media_server, rig, monkey
     source), run on CPU tensors: a session gets the batched avatar, its mouth follows the mic, and
     closing the session takes the avatar out of the batch."""
     from pipelines.talking_head.face import PortraitStore
-    from pipelines.talking_head.pipeline import TalkingHeadPipeline, TalkingHeadShared
+    from pipelines.talking_head.avatar import TalkingHeadShared
+    from pipelines.talking_head.pipeline import TalkingHeadPipeline
 
     ticker = BatchTicker(TorchWarper("cpu"), settings.video_fps)
     monkeypatch.setattr(TalkingHeadPipeline, "load_shared", classmethod(  # this server's models only
@@ -439,7 +418,7 @@ async def test_batched_path_serves_a_session(settings, media_server, rig, monkey
     await asyncio.sleep(0.3)
     assert not ticker.avatars
     darks = [dark_pixels(f, rig) for f in frames]
-    region = np.prod(np.subtract(mouth_region(rig)[2:], mouth_region(rig)[:2]))
+    region = mouth_area(rig)
     assert max(darks) > 0.3 * region and min(darks) < 0.05 * region, darks
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipelines.talking_head.avatar_render import Rig
-from pipelines.talking_head.face import FaceAnalyzer, default_portrait_image
-from tests.media import espeak
-from tests.test_browser import chromium_page, open_page, pattern_y4m, stop_and_check_closed
+from pipelines.talking_head.face import default_portrait_image
+from testing.browser import assert_no_page_errors, chromium_page, open_page, pattern_y4m, stop_and_check_closed
+from testing.images import mouth_area, mouth_region, portrait_rig
+from testing.media import espeak, vowel
 
 # Grey levels of the mouth region in the page's <video>, sampled on a canvas.
 MOUTH_SAMPLES_JS = """
@@ -39,10 +39,8 @@ async def test_page_uploads_a_portrait_and_it_speaks(media_server, tmp_path):
     cv2.imwrite(str(photo), default_portrait_image(), [cv2.IMWRITE_JPEG_QUALITY, 92])
     no_face = tmp_path / "pattern.png"
     cv2.imwrite(str(no_face), np.full((200, 200, 3), 128, np.uint8))
-    rig = Rig(FaceAnalyzer().analyze_image(default_portrait_image(), "default"))
-    lm = rig.landmarks
-    region = [int(lm[60, 0]) + 2, int(rig.lip_y - 4), int(lm[64, 0]) - 2, int(rig.lip_y + rig.max_drop + 4)]
-    area = (region[2] - region[0]) * (region[3] - region[1])
+    rig = portrait_rig()
+    region, area = list(mouth_region(rig)), mouth_area(rig)
 
     wav = espeak("en", "Hello there. I am speaking to you, and my lips move with my voice.")
     async with chromium_page(tmp_path, wav, pattern_y4m(tmp_path / "pattern.y4m")) as page:
@@ -75,20 +73,16 @@ async def test_page_uploads_a_portrait_and_it_speaks(media_server, tmp_path):
         assert max(darks) > 0.25 * area, darks  # open while the words are spoken
         assert min(darks) < 0.08 * area, darks  # closed in the pauses
         await stop_and_check_closed(page, media_server.server)
-        errors = [m for m in page.console_messages_seen if m.startswith("pageerror")]
-        assert not errors, errors
+        assert_no_page_errors(page)
 
 
 async def test_page_opens_a_rest_avatar_session(media_server, tmp_path):
     """/?avatar_session=ID: the page selects talking_head with drive "api"; audio an app feeds over
     REST moves the lips the page shows."""
     from talking_head_client import AvatarClient
-    from tests.test_talking_head import vowel
 
-    rig = Rig(FaceAnalyzer().analyze_image(default_portrait_image(), "default"))
-    lm = rig.landmarks
-    region = [int(lm[60, 0]) + 2, int(rig.lip_y - 4), int(lm[64, 0]) - 2, int(rig.lip_y + rig.max_drop + 4)]
-    area = (region[2] - region[0]) * (region[3] - region[1])
+    rig = portrait_rig()
+    region, area = list(mouth_region(rig)), mouth_area(rig)
     api = AvatarClient(media_server.url)
     sid = (await api.create_session(chunk_duration=2.0))["session_id"]
     try:

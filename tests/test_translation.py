@@ -2,7 +2,6 @@
 WebSocket endpoints (both modes, swap, bad input) and the LibriVox recordings through the cascade."""
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 
@@ -11,32 +10,25 @@ import jiwer
 import numpy as np
 import pytest
 
+from media.audio import to_pcm16
 from pipelines.base import OptionError
 from pipelines.translation import asr as asr_stage
 from pipelines.translation.mt import ApertiumTranslator, apertium_pairs
 from pipelines.translation.tts import EspeakTTS, espeak_languages
-from pipelines.translation.pipeline import (TranslationModels, TranslationPipeline, agreed_prefix,
-                                   available_pairs)
+from pipelines.translation.languages import available_pairs
+from pipelines.translation.models import TranslationModels
+from pipelines.translation.pipeline import TranslationPipeline
+from pipelines.translation.utterance import agreed_prefix
 from server.config import Settings
-from tests.media import LIBRIVOX, espeak, load_audio
+from testing.media import LIBRIVOX, espeak, load_audio
+from testing.translation import EN_TEXT, SPANISH_WORDS, words, ws_session
 
-EN_TEXT = "Good morning. I would like a cup of coffee and a glass of water, please."
 ES_TEXT = "Buenos días. Me gustaría comer en el restaurante con mis amigos."
-SPANISH_WORDS = {"buenos", "días", "dias", "quiero", "quisiera", "gustaría", "gustaria", "taza", "café",
-                 "cafe", "vaso", "agua", "por", "favor", "un", "una", "de", "y"}
 
 
 @pytest.fixture(scope="module")
 def models():
     return TranslationModels(Settings().translation)
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[\wáéíóúñü']+", text.lower())
-
-
-def pcm16(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 # --- stages ----------------------------------------------------------------------------------------
@@ -136,33 +128,6 @@ def test_options_and_language_pairs():
 
 
 # --- WebSocket endpoints ---------------------------------------------------------------------------
-async def ws_session(url: str, start: dict, audio: np.ndarray | None, rate: int = 16000,
-                     realtime: bool = False, timeout: float = 90):
-    """Start a stream, send the audio (in real time or at once), stop; returns (events, pcm)."""
-    events, pcm = [], bytearray()
-    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
-        await ws.send_json(start)
-        started = await ws.receive_json(timeout=30)
-        assert started["type"] == "started", started
-        events.append(started)
-        step = rate // 10
-        for i in range(0, len(audio), step):
-            await ws.send_bytes(pcm16(audio[i:i + step]))
-            if realtime:
-                await asyncio.sleep(0.1)
-        await ws.send_json({"type": "stop_stream"})
-        while True:
-            msg = await ws.receive(timeout=timeout)
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                pcm += msg.data
-                continue
-            event = json.loads(msg.data)
-            events.append(event)
-            if event["type"] == "stopped":
-                break
-    return events, np.frombuffer(bytes(pcm), "<i2").astype(np.float32) / 32768
-
-
 async def test_ws_translate_en_to_es(media_server, models):
     english = load_audio(espeak("en-us", EN_TEXT))
     padded = np.concatenate([np.zeros(8000, np.float32), english, np.zeros(16000, np.float32), english])
@@ -221,13 +186,13 @@ async def test_ws_swap_languages_mid_session(media_server):
     async with aiohttp.ClientSession() as http, \
             http.ws_connect(media_server.url.replace("http", "ws") + "/ws/translate") as ws:
         await ws.send_json({"type": "start_stream", "src_lang": "en", "tgt_lang": "es", "sample_rate": 16000})
-        await ws.send_bytes(pcm16(np.concatenate([english, np.zeros(12000, np.float32)])))
+        await ws.send_bytes(to_pcm16(np.concatenate([english, np.zeros(12000, np.float32)])).tobytes())
         while not events or events[-1]["type"] != "translation":
             msg = await ws.receive(timeout=60)
             if msg.type == aiohttp.WSMsgType.TEXT:
                 events.append(json.loads(msg.data))
         await ws.send_json({"type": "config", "options": {"source": "es", "target": "en"}})
-        await ws.send_bytes(pcm16(spanish))
+        await ws.send_bytes(to_pcm16(spanish).tobytes())
         await ws.send_json({"type": "stop_stream"})
         while events[-1]["type"] != "stopped":
             msg = await ws.receive(timeout=60)

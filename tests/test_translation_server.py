@@ -9,14 +9,12 @@ import numpy as np
 from av import AudioResampler
 
 from client import ArrayAudioTrack, StreamClient
-from pipelines.translation.pipeline import TranslationModels
+from pipelines.translation.models import TranslationModels
 from server.config import Settings
-from tests.media import espeak, load_audio
-from tests.test_browser import chromium_page, pattern_y4m, server_pair, wait_sessions
-from tests.test_server import assert_loopback
-from tests.test_translation import EN_TEXT, SPANISH_WORDS, words
-
-LOOPBACK = "127.0.0.1"
+from testing.browser import assert_no_page_errors, chromium_page, pattern_y4m, wait_sessions
+from testing.media import espeak, load_audio
+from testing.net import LOOPBACK, assert_loopback, server_pair
+from testing.translation import EN_TEXT, SPANISH_WORDS, words
 
 
 def spanish_words_heard(samples_16k: np.ndarray) -> set[str]:
@@ -120,5 +118,4 @@ async def test_page_translates_speech(media_server, tmp_path):
         assert session.pipelines["translation"].options["target"] == "en"
         await page.click("#stop")
         await wait_sessions(media_server.server, 0, timeout=5)
-        errors = [m for m in page.console_messages_seen if m.startswith("pageerror")]
-        assert not errors, errors
+        assert_no_page_errors(page)

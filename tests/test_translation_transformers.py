@@ -11,9 +11,9 @@ import pytest
 from pipelines.translation.mt import TransformersTranslator
 from pipelines.translation.seamless import SeamlessM4T
 from pipelines.translation.tts import TransformersTTS
-from pipelines.translation.pipeline import available_pairs
-from tests.media import espeak, load_audio
-from tests.test_translation import EN_TEXT, ws_session
+from pipelines.translation.languages import available_pairs
+from testing.media import espeak, load_audio
+from testing.translation import EN_TEXT, ws_session
 
 
 def save_tiny_marian(folder):

@@ -8,7 +8,7 @@ import aiohttp
 import numpy as np
 
 from media.audio import to_pcm16
-from tests.media import espeak, load_audio
+from testing.media import espeak, load_audio
 
 
 def ws_url(media_server, path: str = "/ws") -> str:
