@@ -56,6 +56,7 @@ class MediaServer:
         if unknown:
             raise ValueError(f"unknown pipeline(s) to preload {sorted(unknown)}; valid: all, {sorted(PIPELINES)}")
         self._background: list[asyncio.Task] = []
+        self.ready = False  # the models to preload are loaded (or failed, and sessions will say so)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
@@ -87,6 +88,7 @@ class MediaServer:
                 await self.models.shared(PIPELINES[name])
             except Exception:  # sessions will retry and report the error on their data channel
                 log.exception("could not load the models of pipeline %s", name)
+        self.ready = True
 
     async def _on_shutdown(self, app) -> None:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
@@ -132,6 +134,7 @@ class MediaServer:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({
             "status": "ok",
+            "ready": self.ready,  # --preload finished: the first sessions will not wait for models
             "sessions": len(self.sessions),
             "sessions_by_transport": {t: sum(s.transport == t for s in self.sessions.values())
                                       for t in ("webrtc", "websocket")},

@@ -1,13 +1,16 @@
 """The translation models a server shares between its sessions."""
 from __future__ import annotations
 
+import logging
 import threading
 
 from pipelines.common.vad import SileroVAD
 from pipelines.translation import asr as asr_stage
-from pipelines.translation.languages import asr_model_for, mt_backend_for
+from pipelines.translation.languages import asr_model_for, available_pairs, mt_backend_for
 from pipelines.translation.mt import ApertiumTranslator, TransformersTranslator, apertium_pairs
 from pipelines.translation.tts import EspeakTTS, TransformersTTS
+
+log = logging.getLogger(__name__)
 
 
 class TranslationModels:
@@ -22,6 +25,18 @@ class TranslationModels:
         self._mt: dict[tuple, object] = {}
         self._tts = None
         self._seamless = None
+
+    def warm(self, source: str, target: str) -> None:
+        """Load what a session translating ``source`` -> ``target`` needs, now rather than in its
+        first utterance (``--preload translation`` does it for the default pair)."""
+        if (source, target) not in available_pairs(self.settings):
+            return
+        try:
+            self.asr(source)
+            self.translator(source, target)
+            self.tts()
+        except Exception:  # a session using these models reports the error itself
+            log.warning("could not preload the %s -> %s translation models", source, target, exc_info=True)
 
     def _get(self, cache: dict, key, make):
         with self._lock:  # loading twice in parallel would double the memory

@@ -82,7 +82,9 @@ class TranslationPipeline(Pipeline):
 
     @classmethod
     def load_shared(cls, settings, registry) -> TranslationModels:
-        return TranslationModels(settings.translation, settings.device)
+        models = TranslationModels(settings.translation, settings.device)
+        models.warm(cls.defaults["source"], cls.defaults["target"])
+        return models
 
     @classmethod
     def routes(cls, server) -> list:
