@@ -69,6 +69,7 @@ def _add_flag(parser, flags: list[str], dest: str, default, raw: str | None, hel
         parser.add_argument(*flags, dest=dest, action="append", help=f"{help_text} [env {env_name}]")
     else:
         parser.add_argument(*flags, dest=dest, type=type(default), choices=choices,
+                            metavar=None if choices else dest.rpartition(".")[2].upper(),
                             default=type(default)(raw) if raw is not None else default,
                             help=f"{help_text} [env {env_name}, default {default}]")
 

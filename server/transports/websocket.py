@@ -80,6 +80,7 @@ class SocketSession(Session):
         self.ws = ws
         self.audio_out: SocketAudioOut | None = None
         self.samples_in = 0
+        self._stream_tasks: set[asyncio.Task] = set()  # the running stream's pipelines
         self._outbox: asyncio.Queue = asyncio.Queue(OUTBOX)
         self._sender = self.spawn(self._send_loop(), "ws-send")
 
@@ -159,7 +160,6 @@ class SocketSession(Session):
 
     async def serve(self, start: StartFn) -> None:
         """The socket's messages, until it closes."""
-        self._stream_tasks: set[asyncio.Task] = set()
         async for msg in self.ws:
             if msg.type == WSMsgType.BINARY:
                 if not self.pipelines:
