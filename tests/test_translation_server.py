@@ -92,11 +92,13 @@ async def test_page_translates_speech(media_server, tmp_path):
         assert await page.input_value("#translation-source-lang") == "en"
         await page.select_option("#translation-target-lang", "es")
         await page.click("#start")
-        await page.wait_for_function(
+        # Read the source caption in the same frame as the final translation: the fake microphone
+        # loops the file, so the next utterance's transcript replaces it soon after.
+        source = await (await page.wait_for_function(
             "(() => { const t = document.querySelector('#translation-target');"
-            " return t && t.dataset.final === 'true' && /café|agua|vaso|taza/.test(t.dataset.text); })()",
-            timeout=90_000)
-        source = await page.text_content("#translation-source")
+            " return t && t.dataset.final === 'true' && /café|agua|vaso|taza/.test(t.dataset.text)"
+            " && document.querySelector('#translation-source').textContent; })()",
+            timeout=90_000)).json_value()
         assert source.startswith("en:") and re.search(r"coffee|water|glass|cup|please", source.lower()), source
         # Chromium's fake microphone loops the file: the next utterances come back as audio too.
         audio = await record_remote_audio(page, 8.0)
