@@ -206,10 +206,8 @@ async def amain(args) -> int:
         ours = pair.get("ours") or {"sessions": n}
         rows.append((ours, pair.get("echo")))
 
-    md = report(rows, raw, args)
     print()
-    print(md)
-    harness.write_results("latest", md, {"args": vars(args), "results": raw})
+    harness.publish("latest", report(rows, raw, args), {"args": vars(args), "results": raw})
     lag_task.cancel()
     return 0 if all("error" not in r for r in raw) else 1
 

@@ -285,9 +285,7 @@ def main() -> int:
     parser.add_argument("--stage-seconds", type=int, default=20, help="simulated session seconds of the stages' CPU")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
-    text = table(results)
-    print(text)
-    harness.write_results("emotion", text, results)
+    harness.publish("emotion", table(results), results)
     return 0
 
 

@@ -147,8 +147,9 @@ def git_commit() -> str:
                           text=True).stdout.strip() or "?"
 
 
-def write_results(name: str, markdown: str, data) -> None:
-    """``bench/results/<name>.md`` (the table) and ``<name>.json`` (the raw numbers)."""
+def publish(name: str, markdown: str, data) -> None:
+    """The report on stdout, and in ``bench/results/<name>.md``; the raw numbers in ``<name>.json``."""
+    print(markdown)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")

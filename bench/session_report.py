@@ -70,6 +70,7 @@ def table(rows: list[tuple[dict, dict | None]]) -> str:
 
 
 def details(rows: list[tuple[dict, dict | None]]) -> str:
+    """One row per server run (with ``--only echo`` the rows' "ours" is a placeholder: left out)."""
     cols = [
         ("sessions", lambda r: str(r["sessions"])),
         ("server", lambda r: r["server"]),
@@ -101,7 +102,7 @@ def details(rows: list[tuple[dict, dict | None]]) -> str:
             r.get("connect_errors") or [])))) or "-"),
     ]
     return markdown_table([name for name, _ in cols],
-                          [[cell(r) for _, cell in cols] for pair in rows for r in pair if r])
+                          [[cell(r) for _, cell in cols] for pair in rows for r in pair if r and "server" in r])
 
 
 def log_notes(raw: list[dict]) -> list[str]:

@@ -321,9 +321,7 @@ def main() -> None:
                         help="viewers decode the VP8 they receive (default: they only count frames)")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
-    text = table(results)
-    print(text)
-    harness.write_results("talking_head", text, results)
+    harness.publish("talking_head", table(results), results)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
   received audio frame.
 * ``testing.images``: the ``astronaut`` photo, and the talking_head avatar's mouth made from it
   (``mouth_region``, ``mouth_area``, ``dark_pixels``).
-* ``testing.net``: ``LOOPBACK``, ``free_port``, ``server_pair`` / ``nominated_pair`` (a session's
-  ICE pair) and ``assert_loopback``.
+* ``testing.net``: ``LOOPBACK``, ``free_port``, ``http_get``, ``server_pair`` / ``nominated_pair``
+  (a session's ICE pair) and ``assert_loopback``.
 * ``testing.browser``: Debian's headless Chromium through Playwright with fake media
   (``chromium_page``, ``FLAGS``), ``pattern_y4m``, ``open_page``, ``wait_sessions``,
   ``stop_and_check_closed``, ``assert_no_page_errors``.

@@ -1,8 +1,10 @@
-"""Loopback networking for tests and benchmarks: free ports, and checks that a WebRTC session's
-ICE pair stays on 127.0.0.1."""
+"""Loopback networking for tests and benchmarks: free ports, a plain GET, and checks that a WebRTC
+session's ICE pair stays on 127.0.0.1."""
 from __future__ import annotations
 
 import socket
+
+import aiohttp
 
 LOOPBACK = "127.0.0.1"
 
@@ -14,6 +16,12 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+async def http_get(url: str, text: bool = False):
+    """``GET url``: the body as JSON (or as text)."""
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return await resp.text() if text else await resp.json()
 
 
 def nominated_pair(pc) -> Pair | None:

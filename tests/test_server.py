@@ -14,7 +14,7 @@ import pytest
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
 from testing.media import espeak, load_audio
-from testing.net import assert_loopback, server_pair
+from testing.net import assert_loopback, http_get, server_pair
 
 
 async def post(url, **kwargs):
@@ -33,13 +33,9 @@ async def wait_until(predicate, timeout=10.0, interval=0.05):
 
 # --- HTTP endpoints ------------------------------------------------------------------------------
 async def test_health_and_metrics(media_server):
-    async with aiohttp.ClientSession() as http:
-        async with http.get(media_server.url + "/health") as resp:
-            health = await resp.json()
-        async with http.get(media_server.url + "/metrics") as resp:
-            metrics = await resp.text()
-        async with http.get(media_server.url + "/") as resp:
-            page = await resp.text()
+    health = await http_get(media_server.url + "/health")
+    metrics = await http_get(media_server.url + "/metrics", text=True)
+    page = await http_get(media_server.url + "/", text=True)
     assert health["status"] == "ok" and health["sessions"] == 0 and health["device"] == "cpu"
     assert "gender" in health["pipelines"] and health["uptime"] >= 0
     for name in ("mms_sessions", "mms_frames_in_total", "mms_frames_out_total", "mms_frames_dropped_total",

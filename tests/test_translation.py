@@ -21,6 +21,7 @@ from pipelines.translation.pipeline import TranslationPipeline
 from pipelines.translation.utterance import agreed_prefix
 from server.config import Settings
 from testing.media import LIBRIVOX, espeak, load_audio
+from testing.net import http_get
 from testing.translation import EN_TEXT, SPANISH_WORDS, words, ws_session
 
 ES_TEXT = "Buenos días. Me gustaría comer en el restaurante con mis amigos."
@@ -245,11 +246,8 @@ async def test_ws_bad_input(media_server):
 
 
 async def test_languages_endpoint(media_server):
-    async with aiohttp.ClientSession() as http:
-        async with http.get(media_server.url + "/languages") as resp:
-            body = await resp.json()
-        async with http.get(media_server.url + "/health") as resp:
-            health = await resp.json()
+    body = await http_get(media_server.url + "/languages")
+    health = await http_get(media_server.url + "/health")
     pairs = {(p["source"], p["target"]): p["mt"] for p in body["pairs"]}
     assert pairs[("en", "es")] == "apertium" and pairs[("de", "en")] == "whisper"
     assert "translation" in health["pipelines"]

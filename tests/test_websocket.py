@@ -9,6 +9,7 @@ import numpy as np
 
 from media.audio import to_pcm16
 from testing.media import espeak, load_audio
+from testing.net import http_get
 
 
 def ws_url(media_server, path: str = "/ws") -> str:
@@ -26,8 +27,7 @@ async def receive_until(ws, kind: str, timeout: float = 30) -> list[dict]:
 
 
 async def health(media_server) -> dict:
-    async with aiohttp.ClientSession() as http, http.get(media_server.url + "/health") as resp:
-        return await resp.json()
+    return await http_get(media_server.url + "/health")
 
 
 async def test_gender_over_a_websocket(media_server):
