@@ -88,14 +88,15 @@ class Pipeline(abc.ABC):
     def validate(self, options: dict[str, Any]) -> None:
         """Raise OptionError if the merged options are not usable."""
 
-    def check_ranges(self, options: dict[str, Any], ranges: dict[str, tuple[float, float, str]]) -> None:
+    @classmethod
+    def check_ranges(cls, options: dict[str, Any], ranges: dict[str, tuple[float, float, str]]) -> None:
         """Each ``key: (low, high, unit)`` must be a finite number in [low, high]."""
         for key, (low, high, unit) in ranges.items():
             value = options[key]
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise OptionError(f"{self.name}: {key} must be a number")
+                raise OptionError(f"{cls.name}: {key} must be a number")
             if not low <= value <= high:
-                raise OptionError(f"{self.name}: {key} must be between {low} and {high}{unit}")
+                raise OptionError(f"{cls.name}: {key} must be between {low} and {high}{unit}")
 
     @abc.abstractmethod
     async def run(self) -> None:
