@@ -79,9 +79,9 @@ class MediaServer:
         self._background.append(loop.create_task(self.metrics.monitor_loop_lag(), name="loop-lag"))
         # Load models now, so the first visitor doesn't wait for them: one pipeline after another
         # (loading in parallel would only fight over the GIL).
-        self._background.append(loop.create_task(self._preload_all(), name="preload"))
+        self._background.append(loop.create_task(self.preload(), name="preload"))
 
-    async def _preload_all(self) -> None:
+    async def preload(self) -> None:
         preload = self.settings.preload or self.settings.pipelines
         for name in (list(PIPELINES) if "all" in preload else preload):
             try:

@@ -159,7 +159,11 @@ async def test_ws_translate_en_to_es(media_server, models):
     assert len(speech) > 24000  # returned at the client's rate: > 1 s of speech at 24 kHz
 
 
-async def test_ws_stream_partials_commit_monotonically(media_server):
+async def test_ws_stream_partials_commit_monotonically(settings, media_server):
+    # Partials come at a wall-clock cadence while audio arrives in real time: start once the
+    # models are loaded (as with --preload), not while the first utterance waits for them.
+    settings.preload = ["translation"]
+    await media_server.server.preload()
     english = load_audio(espeak("en-us", EN_TEXT + " " + EN_TEXT, speed=140))
     events, speech = await ws_session(media_server.url.replace("http", "ws") + "/ws/stream",
                                       {"type": "start_stream", "src_lang": "en", "tgt_lang": "es",

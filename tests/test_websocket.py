@@ -52,6 +52,9 @@ async def test_gender_over_a_websocket(media_server):
         assert events[-1]["audio_seconds"] > 2
     await asyncio.sleep(0.2)
     assert (await health(media_server))["sessions"] == 0
+    async with aiohttp.ClientSession() as http, http.get(media_server.url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'mms_batch_size_count{pipeline="gender"}' in metrics  # the server's model records its batches
 
 
 async def test_websocket_refuses_what_it_cannot_carry(media_server):
