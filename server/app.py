@@ -117,10 +117,10 @@ class MediaServer:
             if (full := self.full()) is not None:
                 return full
             ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=20)
-            await ws.prepare(request)
             session = SocketSession(self.settings, self.metrics, self.models, ws, on_close=self._closed)
-            self._opened(session)
+            self._opened(session)  # counted before the handshake's await: concurrent ones see it
             try:
+                await ws.prepare(request)
                 await session.serve(start)
             finally:
                 await session.close()
