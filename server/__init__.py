@@ -1,2 +1,3 @@
-"""The media server's core: configuration, sessions, signalling, metrics and the shared plumbing
-that every pipeline stands on. Tracks live in ``tracks/``, pipelines in ``pipelines/``."""
+"""The media server: its routes and sessions (``app.py``), the transports that carry sessions
+(``transports/``), settings, metrics and ICE. Pipelines are in ``pipelines/``, models behind
+``inference/``, media formats and buffers in ``media/``, aiortc tracks in ``tracks/``."""
