@@ -68,10 +68,8 @@ class Batcher:
             t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._predict_batch, [item for item, _ in batch])
-            except Exception as exc:  # a failing model fails this batch's callers, not the collector
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            except Exception as exc:
+                await self._isolate(loop, batch, exc)
                 continue
             if self.metrics is not None:
                 self.metrics.inference.labels(self.name, "batch").observe(time.perf_counter() - t0)
@@ -79,6 +77,22 @@ class Batcher:
             for (_, fut), result in zip(batch, results):
                 if not fut.done():
                     fut.set_result(result)
+
+    async def _isolate(self, loop, batch: list, exc: Exception) -> None:
+        """The batch failed: run its items one by one, so an item that fails fails only its own
+        caller and the others get their results (the collector carries on either way)."""
+        if len(batch) == 1:
+            batch[0][1].done() or batch[0][1].set_exception(exc)
+            return
+        for item, fut in batch:
+            if fut.done():
+                continue
+            try:
+                (result,) = await loop.run_in_executor(self._executor, self._predict_batch, [item])
+            except Exception as item_exc:
+                fut.done() or fut.set_exception(item_exc)
+            else:
+                fut.done() or fut.set_result(result)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -28,6 +28,25 @@ def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every error answers JSON ``{"error": ...}``, aiohttp's own (404, 405, 413) included; an
+    unexpected exception is logged and answers 500 without its text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = exc.text.removeprefix(f"{exc.status}: ") if exc.text else exc.reason
+        return web.json_response({"error": message}, status=exc.status,
+                                 headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error(500, "internal server error")
+
+
 def ice_servers(settings: Settings) -> list[RTCIceServer]:
     servers = [RTCIceServer(urls=url) for url in settings.stun]
     for spec in settings.turn:  # turn:USER:PASSWORD@HOST:PORT
@@ -59,7 +78,7 @@ class MediaServer:
         self.ready = False  # the models to preload are loaded (or failed, and sessions will say so)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[json_errors])
         app.router.add_get("/", self.index)
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/health", self.health)
@@ -159,8 +178,8 @@ class MediaServer:
             body = await request.json()
         except web.HTTPRequestEntityTooLarge:
             return error(413, f"body too large (max {self.settings.max_body_bytes} bytes)")
-        except (ValueError, UnicodeDecodeError):
-            return error(400, "body is not valid JSON")
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return error(400, "body is not valid JSON (or is nested too deeply)")
         if not isinstance(body, dict):
             return error(400, "body must be a JSON object")
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):

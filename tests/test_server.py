@@ -71,6 +71,28 @@ async def test_offer_body_too_large(media_server):
     assert code == 413 and "too large" in answer["error"]
 
 
+async def test_every_error_is_json_and_nesting_is_refused(media_server):
+    nested = "[" * 100_000 + "]" * 100_000  # RecursionError in json.loads
+    async with aiohttp.ClientSession() as http:
+        for method, path, body, status, needle in [
+            ("POST", "/offer", nested, 400, "nested too deeply"),
+            ("POST", "/api/avatar/sessions", nested, 400, "nested too deeply"),
+            ("GET", "/no/such/page", None, 404, "Not Found"),
+            ("GET", "/offer", None, 405, "Not Allowed"),
+            ("POST", "/api/avatar/sessions", "x" * 400_000, 413, "body size"),
+        ]:
+            async with http.request(method, media_server.url + path, data=body,
+                                    headers={"Content-Type": "application/json"}) as resp:
+                assert resp.status == status and resp.content_type == "application/json", (path, resp.status)
+                assert needle in (await resp.json())["error"], (path, await resp.text())
+        async with http.ws_connect(media_server.url.replace("http", "ws") + "/ws") as ws:
+            await ws.send_str("[" * 30_000 + "]" * 30_000)  # within the message size limit
+            error = await ws.receive_json(timeout=10)
+            assert error["type"] == "error" and "nested too deeply" in error["message"]
+            await ws.send_json({"type": "ping", "id": 1})
+            assert (await ws.receive_json(timeout=10))["type"] == "pong"  # the socket carries on
+
+
 async def test_too_many_sessions(settings, media_server):
     media_server.server.settings.max_sessions = 1
     first = StreamClient(media_server.url, ["gender"])

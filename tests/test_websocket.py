@@ -109,3 +109,29 @@ async def test_server_shutdown_closes_its_models(settings):
     assert await model.predict(np.int64(1)) == 2
     await runner.cleanup()
     assert model._executor._shutdown and model._task.done()
+
+
+async def test_a_failing_pipeline_is_restarted_and_says_so(media_server, monkeypatch):
+    from pipelines import PIPELINES
+    from pipelines.base import Pipeline
+
+    class Flaky(Pipeline):
+        name = "flaky"
+        runs = 0
+
+        async def run(self):
+            type(self).runs += 1
+            if self.runs == 1:
+                raise RuntimeError("first run fails")
+            self.context.emit("flaky", run=self.runs)
+            await asyncio.Event().wait()
+
+    monkeypatch.setitem(PIPELINES, "flaky", Flaky)
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url(media_server)) as ws:
+        await ws.send_json({"type": "start_stream", "pipelines": ["flaky"]})
+        events = await receive_until(ws, "flaky", timeout=10)
+    kinds = [e["type"] for e in events]
+    assert kinds == ["started", "error", "restarted", "flaky"], events
+    error = events[1]
+    assert error["pipeline"] == "flaky" and "first run fails" in error["message"] and error["restart_in"] == 1.0
+    assert events[2]["failures"] == 1 and events[3]["run"] == 2

@@ -282,8 +282,8 @@ def routes(cls, server) -> list:
     async def create_session(request: web.Request) -> web.Response:
         try:
             body = await request.json() if request.can_read_body else {}
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "body is not valid JSON")
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return _error(400, "body is not valid JSON (or is nested too deeply)")
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object")
         unknown = set(body) - {"portrait_id", "sample_rate", "chunk_duration"}

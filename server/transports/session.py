@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Callable
 
 from pipelines.base import OptionError, Pipeline
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 64 * 1024
 MAX_TEXT_CHARS = 10_000
+RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds before a failed pipeline runs again
+RESTART_RESET = 60.0  # a run that lasted this long starts the backoff over
 
 
 class Session(PipelineContext):
@@ -50,9 +53,30 @@ class Session(PipelineContext):
                                   "does not have")
             self.pipelines[name] = cls(self, options)
 
-    def start_pipelines(self) -> None:
-        for name, pipeline in self.pipelines.items():
-            self.spawn(self.guard(name, pipeline.run()), f"pipeline-{name}")
+    def start_pipelines(self) -> set[asyncio.Task]:
+        return {self.spawn(self._keep_running(name, pipeline), f"pipeline-{name}")
+                for name, pipeline in self.pipelines.items()}
+
+    async def _keep_running(self, name: str, pipeline: Pipeline) -> None:
+        """Run a pipeline; if it fails, say so and run it again after a growing delay, so one
+        failure (a model that could not load, a bug on odd input) does not end its work for good."""
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await pipeline.run()
+                return  # it ended by itself
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("pipeline %s failed in session %s", name, self.id)
+                if time.monotonic() - started > RESTART_RESET:
+                    failures = 0
+                delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+                failures += 1
+                self.emit("error", pipeline=name, message=f"{type(exc).__name__}: {exc}", restart_in=delay)
+            await asyncio.sleep(delay)
+            self.emit("restarted", pipeline=name, failures=failures)
 
     def spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self.id[:8]}")
@@ -92,8 +116,8 @@ class Session(PipelineContext):
             return None
         try:
             msg = json.loads(message)
-        except ValueError:
-            self.emit_error(None, "malformed message: not JSON")
+        except (ValueError, RecursionError):
+            self.emit_error(None, "malformed message: not JSON (or nested too deeply)")
             return None
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             self.emit_error(None, 'malformed message: expected an object with a "type"')

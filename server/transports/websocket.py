@@ -95,8 +95,7 @@ class SocketSession(Session):
         except OptionError:
             self.pipelines = {}
             raise
-        self._stream_tasks = {self.spawn(self.guard(name, p.run()), f"pipeline-{name}")
-                              for name, p in self.pipelines.items()}
+        self._stream_tasks = self.start_pipelines()
         self.emit("started", session_id=self.id, pipelines=list(self.pipelines), sample_rate=sample_rate,
                   **fields)
 
