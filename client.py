@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import fractions
 import json
+import os
 import sys
 import time
 
@@ -94,8 +95,9 @@ class StreamClient:
     """One WebRTC session with the server: sends tracks, collects events and returned media."""
 
     def __init__(self, url: str = "http://127.0.0.1:8080", pipelines: list[str] | None = None,
-                 options: dict | None = None):
+                 options: dict | None = None, token: str | None = None):
         self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}  # API key or session token
         self.pipelines = pipelines
         self.options = options or {}
         self.pc = RTCPeerConnection()
@@ -144,7 +146,7 @@ class StreamClient:
         if self.pipelines is not None:
             body["pipelines"] = self.pipelines
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.url}/offer", json=body) as resp:
+            async with http.post(f"{self.url}/offer", json=body, headers=self.headers) as resp:
                 answer = await resp.json()
                 if resp.status != 200:
                     raise RuntimeError(f"offer refused ({resp.status}): {answer.get('error')}")
@@ -195,7 +197,8 @@ async def _main(args) -> int:
         player = MediaPlayer(dev, format=fmt)
     elif args.media:
         player = MediaPlayer(args.media, loop=args.loop)
-    client = StreamClient(args.url, args.pipelines, json.loads(args.options) if args.options else None)
+    client = StreamClient(args.url, args.pipelines, json.loads(args.options) if args.options else None,
+                          token=args.token)
     recorder = MediaRecorder(args.record) if args.record else MediaBlackhole()
     if args.record:
         client.pc.on("track", recorder.addTrack)
@@ -223,6 +226,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("media", nargs="?", help="audio/video file to stream (any format ffmpeg reads)")
     parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--token", default=os.environ.get("MMS_TOKEN"),
+                        help="API key or session token, if the server requires one [env MMS_TOKEN]")
     parser.add_argument("--pipelines", type=lambda s: [p for p in s.split(",") if p], default=None)
     parser.add_argument("--options", help='JSON, e.g. \'{"gender": {"interval": 2}}\'')
     parser.add_argument("--mic", action="store_true", help="stream the microphone instead of a file")

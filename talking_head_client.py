@@ -29,13 +29,14 @@ class AvatarAPIError(Exception):
 
 
 class AvatarClient:
-    def __init__(self, url: str = "http://127.0.0.1:8080"):
+    def __init__(self, url: str = "http://127.0.0.1:8080", token: str | None = None):
         self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}  # API key or session token
         self._http: aiohttp.ClientSession | None = None
 
     async def _request(self, method: str, path: str, **kwargs) -> dict:
         if self._http is None:
-            self._http = aiohttp.ClientSession()
+            self._http = aiohttp.ClientSession(headers=self._headers)
         async with self._http.request(method, self.url + path, **kwargs) as resp:
             try:
                 body = await resp.json(content_type=None)

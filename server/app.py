@@ -13,6 +13,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
 from inference import ModelRegistry
 from pipelines import PIPELINES
 from pipelines.base import OptionError
+from server.auth import GRANT, AuthError, Security
 from server.config import Settings
 from server.ice import restrict_ice_hosts
 from server.metrics import Metrics
@@ -67,6 +68,7 @@ class MediaServer:
         self.sessions: dict[str, Session] = {}  # every transport's, counted once against max_sessions
         self.started = time.monotonic()
         self.rtc_configuration = RTCConfiguration(iceServers=ice_servers(settings))
+        self.security = Security(settings)  # raises ValueError: a public address without auth
         restrict_ice_hosts(settings.ice_hosts)
         unknown = set(settings.pipelines) - set(PIPELINES)
         if unknown:
@@ -78,7 +80,8 @@ class MediaServer:
         self.ready = False  # the models to preload are loaded (or failed, and sessions will say so)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[json_errors])
+        app = web.Application(client_max_size=self.settings.max_body_bytes,
+                              middlewares=[json_errors, self.security.middleware])
         app.router.add_get("/", self.index)
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/health", self.health)
@@ -86,7 +89,8 @@ class MediaServer:
         app.router.add_get("/ws", self.socket_handler(pipelines_start(PIPELINES)))
         app.router.add_static("/static", STATIC)
         for cls in PIPELINES.values():
-            app.router.add_routes(cls.routes(self))
+            app.router.add_routes([web.RouteDef(r.method, r.path, self._for_pipeline(cls.name, r.handler), r.kwargs)
+                                   for r in cls.routes(self)])
             for path, read_options in cls.socket_endpoints().items():
                 app.router.add_get(path, self.socket_handler(single_start(cls, read_options)))
         app.on_startup.append(self._on_startup)
@@ -131,12 +135,26 @@ class MediaServer:
         if self.sessions.pop(session.id, None) is not None:
             self.metrics.sessions.set(len(self.sessions))
 
+    @staticmethod
+    def _for_pipeline(name: str, handler):
+        """A pipeline's own route: the caller's credentials must allow that pipeline."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            grant = request.get(GRANT)
+            if grant is not None:
+                try:
+                    grant.check([name])
+                except AuthError as exc:
+                    return error(exc.status, exc.message)
+            return await handler(request)
+        return guarded
+
     def socket_handler(self, start):
         async def handler(request: web.Request) -> web.StreamResponse:
             if (full := self.full()) is not None:
                 return full
             ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=20)
-            session = SocketSession(self.settings, self.metrics, self.models, ws, on_close=self._closed)
+            session = SocketSession(self.settings, self.metrics, self.models, ws, on_close=self._closed,
+                                    grant=request.get(GRANT), authenticate=self.security.grant)
             self._opened(session)  # counted before the handshake's await: concurrent ones see it
             try:
                 await ws.prepare(request)
@@ -151,6 +169,9 @@ class MediaServer:
         return web.FileResponse(STATIC / "index.html")
 
     async def health(self, request: web.Request) -> web.Response:
+        if self.security.enabled and request.get(GRANT) is None:  # public: only what a balancer needs
+            return web.json_response({"status": "ok", "ready": self.ready, "sessions": len(self.sessions),
+                                      "max_sessions": self.settings.max_sessions, "auth": "required"})
         return web.json_response({
             "status": "ok",
             "ready": self.ready,  # --preload finished: the first sessions will not wait for models
@@ -193,6 +214,10 @@ class MediaServer:
         unknown = [n for n in names + list(options) if n not in PIPELINES]
         if unknown:
             return error(400, f"unknown pipeline(s) {unknown}; valid: {sorted(PIPELINES)}")
+        try:
+            request[GRANT].check(names)
+        except AuthError as exc:
+            return error(exc.status, exc.message)
         if not body["sdp"].lstrip().startswith("v=0") or "\nm=" not in body["sdp"]:
             return error(400, "malformed SDP: expected a session description with media sections")
         if (full := self.full()) is not None:

@@ -35,6 +35,11 @@ class Settings:
     heartbeat_timeout: float = 10.0
     max_body_bytes: int = 256 * 1024
     preload: list[str] = field(default_factory=list)  # pipelines whose models load at start-up
+    api_keys: list[str] = field(default_factory=list, repr=False)  # server/auth.py
+    api_key_file: str = ""
+    auth_secret: str = field(default="", repr=False)
+    allowed_origins: list[str] = field(default_factory=list)
+    insecure: bool = False
     per_pipeline: dict[str, Any] = field(default_factory=_pipeline_settings, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -59,12 +64,22 @@ _ENV = {
     "video_fps": ("MMS_VIDEO_FPS", "frame rate of the outbound video track"),
     "heartbeat_timeout": ("MMS_HEARTBEAT_TIMEOUT", "seconds without media or messages before a session is closed"),
     "preload": ("MMS_PRELOAD", "pipelines whose models load at start-up, or 'all' (default: the default pipelines)"),
+    "api_keys": ("MMS_API_KEYS", "API key clients send as 'Authorization: Bearer KEY' (repeatable)"),
+    "api_key_file": ("MMS_API_KEY_FILE", "file of API keys, one per line"),
+    "auth_secret": ("MMS_AUTH_SECRET", "secret that signs session tokens (python -m server.auth mints them)"),
+    "allowed_origins": ("MMS_ALLOWED_ORIGINS", "web origin, besides the server's own, whose pages may use it, "
+                        "e.g. https://app.example.com (repeatable)"),
+    "insecure": ("MMS_INSECURE", "serve a non-loopback address without authentication"),
 }
 
 
 def _add_flag(parser, flags: list[str], dest: str, default, raw: str | None, help_text: str, env_name: str,
               fallback: dict, choices=None) -> None:
-    if isinstance(default, list):  # repeatable flag, or comma-separated
+    if isinstance(default, bool):
+        parser.add_argument(*flags, dest=dest, action="store_true",
+                            default=raw is not None and raw.strip().lower() in ("1", "true", "yes", "on"),
+                            help=f"{help_text} [env {env_name}=1]")
+    elif isinstance(default, list):  # repeatable flag, or comma-separated
         fallback[dest] = [v.strip() for v in raw.split(",") if v.strip()] if raw else default
         parser.add_argument(*flags, dest=dest, action="append", help=f"{help_text} [env {env_name}]")
     else:
@@ -83,7 +98,8 @@ def parse_settings(argv: list[str] | None = None, environ: dict[str, str] | None
         if f.name not in _ENV:
             continue
         env_name, help_text = _ENV[f.name]
-        flag = "--ice-host" if f.name == "ice_hosts" else "--" + f.name.replace("_", "-")
+        flag = {"ice_hosts": "--ice-host", "api_keys": "--api-key",
+                "allowed_origins": "--allowed-origin"}.get(f.name, "--" + f.name.replace("_", "-"))
         _add_flag(parser, [flag], f.name, getattr(defaults, f.name), environ.get(env_name), help_text,
                   env_name, fallback)
     for name, pipeline_defaults in defaults.per_pipeline.items():

@@ -28,6 +28,7 @@ from aiohttp import WSMsgType, web
 from media.audio import SAMPLE_RATE, from_pcm16, resample, to_pcm16
 from media.buffers import AudioRing
 from pipelines.base import OptionError, Pipeline
+from server.auth import OPEN, AuthError, Grant
 from server.transports.session import Session
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,12 @@ class SocketAudioOut:
 class SocketSession(Session):
     transport = "websocket"
 
-    def __init__(self, settings, metrics, models, ws: web.WebSocketResponse, on_close=None):
+    def __init__(self, settings, metrics, models, ws: web.WebSocketResponse, on_close=None,
+                 grant: Grant | None = OPEN, authenticate: Callable[[str], Grant] | None = None):
         super().__init__(settings, metrics, models, on_close)
         self.ws = ws
+        self.grant = grant  # None: the first message must carry a "token"
+        self._authenticate = authenticate
         self.audio_out: SocketAudioOut | None = None
         self.samples_in = 0
         self._stream_tasks: set[asyncio.Task] = set()  # the running stream's pipelines
@@ -160,6 +164,10 @@ class SocketSession(Session):
     async def serve(self, start: StartFn) -> None:
         """The socket's messages, until it closes."""
         async for msg in self.ws:
+            if self.grant is None and not await self._sign_in(msg):
+                await self.drain(timeout=1.0)
+                await self.ws.close(code=4401, message=b"authentication required")
+                return
             if msg.type == WSMsgType.BINARY:
                 if not self.pipelines:
                     self.emit_error(None, "send a start_stream message before audio")
@@ -186,9 +194,12 @@ class SocketSession(Session):
                     continue
                 try:
                     pipelines, fields = start(message)
+                    self.grant.check(pipelines)
                     self.start(pipelines, rate, fields)
-                except OptionError as exc:
+                except (OptionError, AuthError) as exc:
                     self.emit_error(None, str(exc))
+            elif kind == "auth":  # a first message that only signs in
+                self.emit("authenticated")
             elif kind == "stop_stream":
                 if not self.pipelines:
                     self.emit_error(None, "no stream to stop; send start_stream first")
@@ -200,6 +211,23 @@ class SocketSession(Session):
             elif not await self.handle_control(message):
                 self.emit_error(None, f"unknown message type {kind!r}; expected start_stream, binary audio, "
                                       "ping, text, config or stop_stream")
+
+    async def _sign_in(self, msg) -> bool:
+        """Authentication in the first message (browsers cannot set headers on a WebSocket)."""
+        token = None
+        if msg.type == WSMsgType.TEXT:
+            message = self.parse(msg.data)
+            token = message.get("token") if message else None
+        if not isinstance(token, str):
+            self.emit_error(None, 'authentication required: send "token" in the first message '
+                                  "(or ?token= in the URL)")
+            return False
+        try:
+            self.grant = self._authenticate(token)
+        except AuthError as exc:
+            self.emit_error(None, exc.message)
+            return False
+        return True
 
     async def _release(self) -> None:
         await self.drain(timeout=1.0)

@@ -1,6 +1,7 @@
 // The session with the server: the RTCPeerConnection, signalling (the offer POSTed to /offer, the
 // server's answer), the "events" data channel, pings (also the heartbeat) and teardown.
 import {el, stats, log, showError, setState, errorText} from './ui.js';
+import {authFetch} from './auth.js';
 import {getLocalMedia, showLocalMedia, showRemoteTrack, clearMedia, stopTracks, pollStats} from './media.js';
 
 const PING_INTERVAL_MS = 2000; // also the heartbeat: the server closes sessions silent for 10 s
@@ -104,7 +105,7 @@ function waitForIceGathering(pc, timeoutMs) {
 async function postOffer(body) {
   let resp;
   try {
-    resp = await fetch('/offer', {
+    resp = await authFetch('/offer', {
       method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body),
     });
   } catch (err) {

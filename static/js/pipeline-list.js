@@ -3,12 +3,13 @@
 // "config" message, and the server's "config" / "error" events confirm or revert it.
 import {el, log, showError, errorText} from './ui.js';
 import {session, channelOpen, send} from './connection.js';
+import {authFetch} from './auth.js';
 
 // Lists the pipelines of /health; returns that answer, or null if it failed (shown as an error).
 export async function listPipelines() {
   let health;
   try {
-    const resp = await fetch('/health', {cache: 'no-store'});
+    const resp = await authFetch('/health', {cache: 'no-store'});
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     health = await resp.json();
   } catch (err) {

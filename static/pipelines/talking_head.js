@@ -42,7 +42,7 @@ export default function setup(mms) {
     const form = new FormData();
     form.append('image', image, image.name);
     try {
-      const resp = await fetch('/api/portraits', {method: 'POST', body: form});
+      const resp = await mms.fetch('/api/portraits', {method: 'POST', body: form});
       const body = await resp.json().catch(() => ({error: `HTTP ${resp.status}`}));
       if (!resp.ok) throw new Error(body.error || `HTTP ${resp.status}`);
       setOption('portrait', body.portrait_id);

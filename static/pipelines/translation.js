@@ -50,7 +50,7 @@ export default function setup(mms) {
   async function buildPicker() {
     if (!entry) return;
     try {
-      const response = await fetch('/languages');
+      const response = await mms.fetch('/languages');
       pairs = (await response.json()).pairs || [];
     } catch (err) {
       mms.log('error', `translation: cannot list languages: ${err}`);
