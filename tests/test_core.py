@@ -192,6 +192,16 @@ def test_pipeline_settings_flags_environment_and_old_names():
     assert Settings().gender.backend == "pitch"  # defaults without parsing
 
 
+def test_security_settings():
+    s = parse_settings(["--api-key", "a", "--api-key", "b", "--allowed-origin", "https://app.example",
+                        "--auth-secret", "s", "--insecure"], environ={})
+    assert (s.api_keys, s.allowed_origins, s.auth_secret, s.insecure) == (["a", "b"], ["https://app.example"], "s", True)
+    s = parse_settings([], environ={"MMS_API_KEYS": "x,y", "MMS_INSECURE": "1", "MMS_AUTH_SECRET": "t"})
+    assert (s.api_keys, s.insecure, s.auth_secret) == (["x", "y"], True, "t")
+    assert parse_settings([], environ={"MMS_INSECURE": "no"}).insecure is False
+    assert "key-xyz" not in repr(parse_settings(["--api-key", "key-xyz", "--auth-secret", "key-xyz"], environ={}))
+
+
 # --- ICE restriction -----------------------------------------------------------------------------
 async def test_ice_restriction_gathers_only_given_hosts():
     try:
