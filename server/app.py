@@ -78,6 +78,7 @@ class MediaServer:
             raise ValueError(f"unknown pipeline(s) to preload {sorted(unknown)}; valid: all, {sorted(PIPELINES)}")
         self._background: list[asyncio.Task] = []
         self.ready = False  # the models to preload are loaded (or failed, and sessions will say so)
+        self.draining = False  # SIGTERM: new sessions are refused while the current ones finish
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes,
@@ -122,6 +123,9 @@ class MediaServer:
 
     # --- sessions, whatever their transport ---------------------------------------------------------
     def full(self) -> web.Response | None:
+        if self.draining:
+            return web.json_response({"error": "server is shutting down; try again shortly"}, status=503,
+                                     headers={"Retry-After": str(int(self.settings.drain_seconds) + 1)})
         if len(self.sessions) >= self.settings.max_sessions:
             return error(503, f"server is full ({self.settings.max_sessions} sessions)")
         return None
@@ -168,12 +172,27 @@ class MediaServer:
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
 
+    async def drain(self) -> None:
+        """Graceful shutdown: refuse new sessions (``/health`` answers 503), tell every session
+        ``shutdown`` with ``retry_after``, and wait up to ``--drain-seconds`` for them to leave;
+        whatever is left is closed by the shutdown that follows."""
+        self.draining = True
+        seconds = self.settings.drain_seconds
+        log.info("draining %d session(s) for up to %.0f s", len(self.sessions), seconds)
+        for session in list(self.sessions.values()):
+            session.emit("shutdown", retry_after=int(seconds) + 1, closing_in=seconds)
+        deadline = time.monotonic() + seconds
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
     async def health(self, request: web.Request) -> web.Response:
+        status, code = ("draining", 503) if self.draining else ("ok", 200)
         if self.security.enabled and request.get(GRANT) is None:  # public: only what a balancer needs
-            return web.json_response({"status": "ok", "ready": self.ready, "sessions": len(self.sessions),
-                                      "max_sessions": self.settings.max_sessions, "auth": "required"})
-        return web.json_response({
-            "status": "ok",
+            return web.json_response({"status": status, "ready": self.ready, "sessions": len(self.sessions),
+                                      "max_sessions": self.settings.max_sessions, "auth": "required"},
+                                     status=code)
+        return web.json_response(status=code, data={
+            "status": status,
             "ready": self.ready,  # --preload finished: the first sessions will not wait for models
             "sessions": len(self.sessions),
             "sessions_by_transport": {t: sum(s.transport == t for s in self.sessions.values())

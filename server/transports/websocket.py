@@ -233,6 +233,8 @@ class SocketSession(Session):
         await self.drain(timeout=1.0)
         self._sender.cancel()
         await asyncio.gather(self._sender, return_exceptions=True)
+        if not self.ws.closed and self.ws.prepared:  # closed by the server (shutdown): tell the client
+            await self.ws.close(code=1001, message=b"server shutting down")
 
 
 def pipelines_start(registry: dict) -> StartFn:
