@@ -17,7 +17,7 @@ UV     := $(VENV)/bin/uv
 .PHONY: run test bench setup system-deps sync check-env lock clean
 
 run: setup check-env
-	$(PY) webrtc_server.py --host $(HOST) --port $(PORT) --preload all
+	$(PY) webrtc_server.py --host $(HOST) --port $(PORT) --preload all $(if $(HTTPS),--tls-self-signed)
 
 test: setup check-env
 	$(PY) -m pytest -q tests

@@ -16,13 +16,14 @@ from aiohttp import web
 
 from server.app import MediaServer
 from server.config import parse_settings
+from server.tls import server_context
 
 
-async def serve(server: MediaServer, host: str, port: int) -> None:
+async def serve(server: MediaServer, host: str, port: int, ssl_context=None) -> None:
     runner = web.AppRunner(server.app())
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    print(f"Serving on http://{host}:{port}", flush=True)
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    print(f"Serving on {'https' if ssl_context else 'http'}://{host}:{port}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     draining: list[asyncio.Task] = []
@@ -50,9 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         server = MediaServer(settings)
+        ssl_context = server_context(settings)
     except ValueError as exc:
         sys.exit(f"error: {exc}")
-    asyncio.run(serve(server, settings.host, settings.port))
+    asyncio.run(serve(server, settings.host, settings.port, ssl_context))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ class Settings:
     auth_secret: str = field(default="", repr=False)
     allowed_origins: list[str] = field(default_factory=list)
     insecure: bool = False
+    tls_cert: str = ""  # server/tls.py
+    tls_key: str = field(default="", repr=False)
+    tls_self_signed: bool = False
     per_pipeline: dict[str, Any] = field(default_factory=_pipeline_settings, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -73,6 +76,10 @@ _ENV = {
     "allowed_origins": ("MMS_ALLOWED_ORIGINS", "web origin, besides the server's own, whose pages may use it, "
                         "e.g. https://app.example.com (repeatable)"),
     "insecure": ("MMS_INSECURE", "serve a non-loopback address without authentication"),
+    "tls_cert": ("MMS_TLS_CERT", "serve HTTPS with this certificate (PEM, with its chain)"),
+    "tls_key": ("MMS_TLS_KEY", "the certificate's private key (PEM)"),
+    "tls_self_signed": ("MMS_TLS_SELF_SIGNED", "serve HTTPS with a self-signed certificate for this machine's "
+                        "names and addresses, made once (LAN demos: make run HTTPS=1)"),
 }
 
 

@@ -60,3 +60,41 @@ async def test_sessions_that_stay_are_closed_after_the_drain(tmp_path):
         elapsed = await wait_exit(server, 15)
         assert server.proc.returncode == 0 and elapsed < 15
         assert "draining 1 session(s)" in server.log_tail(40)
+
+
+async def test_https_with_a_self_signed_certificate(tmp_path, monkeypatch):
+    """--tls-self-signed: the page and signalling over HTTPS, with a certificate naming this
+    machine's addresses that a client can pin."""
+    import ssl
+
+    from server.tls import self_signed
+
+    monkeypatch.setenv("MMS_CACHE", str(tmp_path / "cache"))
+    cert, _ = self_signed(tmp_path / "cache" / "tls")  # made here first; the server reuses it
+    made = cert.read_bytes()
+    server = ServerProcess.script("tls", tmp_path / "tls.log", "--tls-self-signed")
+    server.url = server.url.replace("http://", "https://")
+    server.start()
+    try:
+        pinned = ssl.create_default_context(cafile=str(cert))  # verifies the chain and 127.0.0.1
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    async with http.get(server.url + "/health", ssl=pinned) as resp:
+                        assert resp.status == 200 and (await resp.json())["status"] == "ok"
+                        break
+                except aiohttp.ClientConnectorError as exc:  # not listening yet
+                    assert time.monotonic() < deadline and server.proc.poll() is None, (exc, server.log_tail())
+                    await asyncio.sleep(0.3)
+            async with http.get(server.url + "/", ssl=pinned) as resp:
+                assert resp.status == 200 and "<html" in (await resp.text()).lower()
+        assert cert.read_bytes() == made  # still valid for these names: reused, not remade
+        async with aiohttp.ClientSession() as plain:  # an unpinned client does not trust it
+            try:
+                await plain.get(server.url + "/health")
+                raise AssertionError("a self-signed certificate was trusted")
+            except aiohttp.ClientConnectorCertificateError:
+                pass
+    finally:
+        await server.stop()
