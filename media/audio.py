@@ -34,14 +34,20 @@ def from_pcm16(data: bytes | np.ndarray) -> np.ndarray:
     return np.asarray(pcm).astype(np.float32) / 32768.0
 
 
-def decode(source: str | Path | bytes, rate: int = SAMPLE_RATE, format: str | None = None) -> tuple[np.ndarray, int]:
+def decode(source: str | Path | bytes, rate: int = SAMPLE_RATE, format: str | None = None,
+           source_rates: tuple[int, int] = (1, 10**6)) -> tuple[np.ndarray, int]:
     """Any audio FFmpeg reads (a path, or the bytes of a file) -> (mono float32 at ``rate``, the
-    file's own rate). Raises ``ValueError`` for what cannot be decoded."""
+    file's own rate). Raises ``ValueError`` for what cannot be decoded, and for a file whose
+    declared rate is outside ``source_rates``, checked before anything is decoded (a header
+    claiming 1 Hz would otherwise resample into gigabytes)."""
     import av
 
     try:
         with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source), format=format) as container:
             stream = container.streams.audio[0]
+            if not source_rates[0] <= (stream.rate or 0) <= source_rates[1]:
+                raise ValueError(f"unsupported sample rate {stream.rate} Hz "
+                                 f"({source_rates[0]}-{source_rates[1]})")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
             parts = [f.to_ndarray().reshape(-1) for frame in container.decode(stream)
                      for f in resampler.resample(frame)]

@@ -436,3 +436,44 @@ async def test_client_speaks_a_wav_in_real_time(media_server):
         await api.close()
     assert status["is_final"] and status["fed_audio_seconds"] == pytest.approx(seconds, abs=0.02)
     assert seconds - 0.5 < elapsed < seconds + 1.0  # paced like speech, a little ahead
+
+
+async def test_inputs_that_would_cost_gigabytes_are_refused_from_their_headers(media_server):
+    """A WAV header claiming 1 Hz (resampled to 16 kHz: 16000x the samples) and a PNG declaring
+    13000 x 13000 pixels are refused before they are decoded."""
+    import struct
+    import threading
+
+    import psutil
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (13000, 13000)).save(buffer, "PNG", optimize=True)  # ~0.5 MB on the wire
+    process, peak, done = psutil.Process(), [0], threading.Event()  # the server runs in this process
+    baseline = process.memory_info().rss
+
+    def sample():
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    data = np.zeros(20_000, "<i2").tobytes()
+    wav = (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 1, 2, 2, 16)
+           + b"data" + struct.pack("<I", len(data)) + data)
+    api = AvatarClient(media_server.url)
+    try:
+        sid = (await api.create_session())["session_id"]
+        with pytest.raises(AvatarAPIError) as refused:
+            await api.feed_audio(sid, wav)
+        assert refused.value.status == 400 and "unsupported sample rate 1 Hz" in str(refused.value)
+    finally:
+        await api.close()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(media_server.url + "/api/portraits", data=buffer.getvalue(),
+                             headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 415 and "megapixels" in (await resp.json())["error"]  # BadImageError
+    done.set()
+    sampler.join()
+    grown_mb = (peak[0] - baseline) / 2**20
+    assert grown_mb < 200, f"memory grew {grown_mb:.0f} MB while refusing them"

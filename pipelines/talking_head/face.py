@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 MAX_SIDE = 512  # portraits are rendered at their own size, scaled down to fit 512 x 512
+MAX_PIXELS = 50_000_000  # a larger image is refused from its header, before it is decoded
 
 JAW = slice(0, 17)
 RIGHT_EYE = slice(36, 42)
@@ -49,7 +50,11 @@ def decode_image(data: bytes) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            if img.width * img.height > MAX_PIXELS:
+                raise BadImageError(f"image too large ({img.width}x{img.height}; at most "
+                                    f"{MAX_PIXELS // 1_000_000} megapixels)")
+            img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced scale
             img = ImageOps.exif_transpose(img)
             img.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
             rgb = np.asarray(img.convert("RGB"))

@@ -206,11 +206,9 @@ def decode_audio(body: bytes, raw_rate: int) -> tuple[np.ndarray, int]:
     """WAV (any codec FFmpeg reads) or raw s16le mono PCM at ``raw_rate`` -> (16 kHz float32, source rate)."""
     if body[:4] == b"RIFF":
         try:
-            samples, rate = decode(body, SAMPLE_RATE, format="wav")
+            samples, rate = decode(body, SAMPLE_RATE, format="wav", source_rates=(8000, 192000))
         except ValueError as exc:
-            raise AvatarSessionError(400, f"unreadable WAV ({exc})") from None
-        if not 8000 <= rate <= 192000:
-            raise AvatarSessionError(400, f"unsupported sample rate {rate} Hz (8000-192000)")
+            raise AvatarSessionError(400, f"unusable WAV: {exc}") from None
         return samples, rate
     if len(body) % 2:
         raise AvatarSessionError(400, "raw PCM must be 16-bit little-endian mono (an even number of bytes)")
