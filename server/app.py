@@ -249,6 +249,9 @@ class MediaServer:
         except OptionError as exc:
             await session.close()
             return error(400, str(exc))
+        if "\na=fingerprint:" not in body["sdp"]:  # it could never connect, and would hold a slot
+            await session.close()
+            return error(400, "malformed SDP: no DTLS fingerprint (a=fingerprint), so it can never connect")
         self._opened(session)
         try:
             answer = await session.answer(RTCSessionDescription(sdp=body["sdp"], type="offer"))

@@ -54,6 +54,8 @@ async def test_health_and_metrics(media_server):
     (json.dumps({"sdp": "v=0", "type": "offer", "pipelines": ["gender", "telepathy"]}).encode(), 400, "gender"),
     (json.dumps({"sdp": "v=0", "type": "offer", "pipelines": "gender"}).encode(), 400, "list"),
     (json.dumps({"sdp": "v=0\r\nm=x", "type": "offer", "options": {"gender": {"colour": 1}}}).encode(), 400, "colour"),
+    (json.dumps({"sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=setup:actpass", "type": "offer"}).encode(),
+     400, "fingerprint"),  # a ghost: could never connect
 ])
 async def test_offer_errors(media_server, body, status, needle):
     code, answer = await post(media_server.url, data=body, headers={"Content-Type": "application/json"})
