@@ -53,7 +53,7 @@ def decode(source: str | Path | bytes, rate: int = SAMPLE_RATE, format: str | No
                      for f in resampler.resample(frame)]
             parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
             source_rate = stream.rate
-    except (av.FFmpegError, IndexError) as exc:
+    except (av.FFmpegError, IndexError, AttributeError) as exc:  # AttributeError: a stream with no codec
         raise ValueError(f"unreadable audio ({exc})") from None
     return (np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)), source_rate
 

@@ -218,8 +218,8 @@ class MediaServer:
             body = await request.json()
         except web.HTTPRequestEntityTooLarge:
             return error(413, f"body too large (max {self.settings.max_body_bytes} bytes)")
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return error(400, "body is not valid JSON (or is nested too deeply)")
+        except (ValueError, UnicodeDecodeError, LookupError, RecursionError):
+            return error(400, "body is not valid JSON (or is nested too deeply, or in an unknown charset)")
         if not isinstance(body, dict):
             return error(400, "body must be a JSON object")
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):

@@ -220,7 +220,7 @@ def _rate(value, default: int) -> int:
         return default
     try:
         rate = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AvatarSessionError(400, f"sample_rate must be an integer, not {value!r}") from None
     if not 8000 <= rate <= 192000:
         raise AvatarSessionError(400, f"unsupported sample rate {rate} Hz (8000-192000)")
@@ -280,8 +280,8 @@ def routes(cls, server) -> list:
     async def create_session(request: web.Request) -> web.Response:
         try:
             body = await request.json() if request.can_read_body else {}
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return _error(400, "body is not valid JSON (or is nested too deeply)")
+        except (ValueError, UnicodeDecodeError, LookupError, RecursionError):
+            return _error(400, "body is not valid JSON (or is nested too deeply, or in an unknown charset)")
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object")
         unknown = set(body) - {"portrait_id", "sample_rate", "chunk_duration"}

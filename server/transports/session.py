@@ -26,9 +26,23 @@ from pipelines.context import PipelineContext
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 64 * 1024
+MAX_DEPTH = 32  # nesting of a client message (json.dumps of an answer must not hit the recursion limit)
 MAX_TEXT_CHARS = 10_000
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds before a failed pipeline runs again
 RESTART_RESET = 60.0  # a run that lasted this long starts the backoff over
+
+
+def _depth(value) -> int:
+    """How deeply a parsed JSON value nests (iteratively: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
 
 
 class Session(PipelineContext):
@@ -122,6 +136,9 @@ class Session(PipelineContext):
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             self.emit_error(None, 'malformed message: expected an object with a "type"')
             return None
+        if _depth(msg) > MAX_DEPTH:
+            self.emit_error(None, f"malformed message: nested more than {MAX_DEPTH} levels")
+            return None
         return msg
 
     async def handle_control(self, msg: dict) -> bool:
@@ -148,7 +165,7 @@ class Session(PipelineContext):
         name, options = msg.get("pipeline"), msg.get("options", {})
         if name is None and len(self.pipelines) == 1:
             name = next(iter(self.pipelines))  # one pipeline: it need not be named
-        if name not in self.pipelines:
+        if not isinstance(name, str) or name not in self.pipelines:
             return self.emit_error(None, f"config: pipeline {name!r} is not active; active: {list(self.pipelines)}")
         if not isinstance(options, dict):
             return self.emit_error(name, 'config: "options" must be an object')
@@ -172,7 +189,10 @@ class Session(PipelineContext):
         await asyncio.gather(*tasks, return_exceptions=True)
         for name, pipeline in self.pipelines.items():
             await self.guard(name, pipeline.close())
-        await self._release()
+        try:
+            await self._release()
+        except Exception:  # e.g. aiortc failing to close a connection it never set up
+            log.exception("releasing %s session %s failed", self.transport, self.id)
         if self._on_close is not None:
             self._on_close(self)
         self.closed.set()
