@@ -14,6 +14,10 @@
   subprocess, always stopped.
 * ``testing.translation``: ``EN_TEXT``, ``SPANISH_WORDS``, ``words``, ``ws_session`` (a client of
   the WebSocket translation endpoints).
+* ``testing.fuzz``: ``explore`` (hypothesis examples run against the in-process server on the
+  test's own event loop), strategies for hostile input (``json_values``, ``content_types``,
+  ``sdp_mutations`` / ``mutate``), ``wav_bytes`` and ``png_declaring`` (odd headers, bombs),
+  ``image_bytes``, ``PeakRSS``, a ``Bystander`` session that must carry on, ``assert_healthy``.
 
 The in-process server fixtures (``settings``, ``media_server``) stay in tests/conftest.py.
 """
