@@ -639,9 +639,8 @@ async def test_avatar_audio_bodies(media_server, tmp_path):
 
 
 # --- REST: portraits -------------------------------------------------------------------------------
-# Formats with C decoders; PIL's pure-Python ones (QOI, DDS, ICNS's embedded PNGs, ...) fail in
-# ways pinned by test_damaged_portrait_in_a_rare_format_is_a_4xx and test_tiny_dds_declaring_...
-SEED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+# The accepted formats (face.FORMATS), then formats refused since test_damaged_portrait_in_a_rare_...
+SEED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "QOI", "DDS", "ICNS")
 portrait_uploads = st.one_of(
     st.tuples(st.just("random"), st.binary(max_size=3000), content_types()),
     st.tuples(st.just("whole"), st.sampled_from(SEED_FORMATS), st.sampled_from(["image/png", "image/jpeg", "image/x"])),
@@ -888,23 +887,42 @@ async def test_png_declaring_a_huge_size_is_refused_before_decoding(media_server
     await assert_healthy(media_server.url)
 
 
-# === found by this fuzzing, still open: each pinned by a strict xfail ================================
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "decode_image (pipelines/talking_head/face.py) refuses over MAX_PIXELS (50 MP) from the header, "
-    "but PNG has no reduced-scale decode: a 143 KB PNG of 7000 x 7000 black RGB (49 MP) is decoded in "
-    "full and copied by exif_transpose, +390-460 MB of server memory (RGBA, 190 KB: +580 MB, 1.6 s; six "
-    "at once on the default executor: ~3.5 GB) for a portrait shown at 512 x 512. The 200 MB bound "
-    "asserted here is this test's choice: a real photo within the 10 MB upload limit needs well under "
-    "100 MB (JPEG decodes at reduced scale; a 10 MB PNG photo holds some 5 MP)"))
-async def test_small_png_just_under_the_pixel_limit_stays_within_memory(media_server):
+async def _load_portrait_models(http, url: str) -> None:
+    """One portrait uploaded, so the face models' loading is not counted in what is measured next."""
+    status, payload = await call(http, "POST", url + "/api/portraits", data=image_bytes("PNG"),
+                                 headers={"Content-Type": "image/png"})
+    assert status == 201, payload
+
+
+async def test_png_under_the_old_pixel_limit_is_refused_from_its_header(media_server):
+    """Fixed in <fix>. decode_image refused over 50 MP from the header, but PNG has no reduced-scale
+    decode: a 143 KB PNG of 7000 x 7000 black RGB (49 MP) was decoded in full and copied by
+    exif_transpose, +380 MB (RGBA, 190 KB: +575 MB, 1.5 s). Formats that decode in full are now
+    capped at 16 MP (JPEG keeps 50 MP: it decodes at 1/8 scale), and the image is scaled down
+    before it is turned upright, so the full-size copy is freed at once."""
     bomb = png_declaring(7000, 7000, colour_type=2)
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+        await _load_portrait_models(http, media_server.url)
         with PeakRSS() as peak:
             status, payload = await call(http, "POST", media_server.url + "/api/portraits", data=bomb,
                                          headers={"Content-Type": "image/png"})
         await assert_healthy(media_server.url)
-        assert status in (413, 415, 422) and peak.growth_mb < 200, (
-            f"{len(bomb)} bytes declaring 7000x7000 RGB: {status} {payload}, +{peak.growth_mb:.0f} MB")
+        assert_refused(status, payload, {413, 415})
+        assert peak.growth_mb < 50, f"{len(bomb)} bytes declaring 7000x7000 RGB: +{peak.growth_mb:.0f} MB"
+
+
+async def test_png_at_the_pixel_limit_stays_within_memory(media_server):
+    """The largest PNG still decoded (4000 x 4000, 16 MP) costs what one full-size copy does
+    (~64 MB at 4 bytes a pixel), not two (bench/portrait_memory.py: +129 MB before <fix>, +68 MB)."""
+    png = png_declaring(4000, 4000, colour_type=2)
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+        await _load_portrait_models(http, media_server.url)
+        with PeakRSS() as peak:
+            status, payload = await call(http, "POST", media_server.url + "/api/portraits", data=png,
+                                         headers={"Content-Type": "image/png"})
+        assert_refused(status, payload, {422})  # decoded: black, no face
+        assert peak.growth_mb < 110, f"a 16 MP PNG took +{peak.growth_mb:.0f} MB"
+    await assert_healthy(media_server.url)
 
 
 def _corrupt_icns() -> bytes:
@@ -916,15 +934,16 @@ def _corrupt_icns() -> bytes:
     return bytes(data)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "decode_image (pipelines/talking_head/face.py) lets PIL open any of its ~40 formats but catches only "
-    "UnidentifiedImageError, OSError, ValueError and DecompressionBombError; PIL's decoders raise others "
-    "on damaged files: a truncated QOI raises IndexError (QoiDecoder reads past the end), an ICNS whose "
-    "embedded PNG has a bad IHDR checksum raises SyntaxError: 500 instead of 415"))
-@pytest.mark.parametrize("name", ["truncated-qoi", "corrupt-icns"])
+@pytest.mark.parametrize("name", ["truncated-qoi", "corrupt-icns", "truncated-png", "whole-qoi"])
 async def test_damaged_portrait_in_a_rare_format_is_a_4xx(media_server, name):
+    """Fixed in <fix>. decode_image let PIL open any of its ~40 formats but caught only
+    UnidentifiedImageError, OSError, ValueError and DecompressionBombError; PIL's decoders raise others
+    on damaged files: a truncated QOI raised IndexError (QoiDecoder reads past the end), an ICNS whose
+    embedded PNG has a bad IHDR checksum SyntaxError: 500. Portraits are now opened only in the formats
+    with C decoders (face.FORMATS), and any decoding error is a 415."""
     data = {"truncated-qoi": lambda: (lambda q: q[:len(q) // 2])(image_bytes("QOI")),
-            "corrupt-icns": _corrupt_icns}[name]()
+            "corrupt-icns": _corrupt_icns, "whole-qoi": lambda: image_bytes("QOI"),
+            "truncated-png": lambda: (lambda q: q[:len(q) // 2])(image_bytes("PNG"))}[name]()
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         status, payload = await call(http, "POST", media_server.url + "/api/portraits", data=data,
                                      headers={"Content-Type": "image/png"})
@@ -932,13 +951,11 @@ async def test_damaged_portrait_in_a_rare_format_is_a_4xx(media_server, name):
         assert_refused(status, payload, {415})
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "decode_image (pipelines/talking_head/face.py) accepts DDS, whose uncompressed-RGB decoder in PIL is "
-    "pure Python and loops to the declared size even when the data has run out: a 1.1 KB DDS declaring "
-    "1024 x 1024 keeps a worker thread (and the GIL) busy ~1.6 s, 2048 x 2048 ~6.5 s, 8192 x 8192 "
-    "(under PIL's pixel limit) ~100 s by extrapolation, then answers 422 'no face found'. Expected: such "
-    "formats refused (415) at once"))
 async def test_tiny_dds_declaring_a_large_image_is_refused_quickly(media_server):
+    """Fixed in <fix>. decode_image accepted DDS, whose uncompressed-RGB decoder in PIL is pure Python
+    and loops to the declared size even when the data has run out: a 1.1 KB DDS declaring 1024 x 1024
+    kept a worker thread (and the GIL) busy ~1.6 s, 2048 x 2048 ~6.5 s, then 422 'no face found'.
+    DDS is no longer a portrait format: 415 at once."""
     dds = bytearray(image_bytes("DDS", side=128))
     struct.pack_into("<II", dds, 12, 1024, 1024)  # height, width
     dds = bytes(dds[:128 + 1000])

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 MAX_SIDE = 512  # portraits are rendered at their own size, scaled down to fit 512 x 512
-MAX_PIXELS = 50_000_000  # a larger image is refused from its header, before it is decoded
+# Formats a portrait may be in: PIL's C decoders only (its pure-Python ones, e.g. QOI, DDS and
+# ICNS, crash on damaged files or loop slowly over declared sizes). Phones' multi-picture JPEGs
+# open as JPEG too (as format MPO).
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Larger images are refused from their header, before they are decoded. JPEG decodes at a reduced
+# scale (1/8 at most, draft()), so a 50 MP photo costs a few MB; the others decode in full, at up to
+# 4 bytes a pixel, so 16 MP is ~64 MB at the peak (a 4000 x 4000 PNG).
+MAX_PIXELS = 50_000_000
+MAX_FULL_DECODE_PIXELS = 16_000_000
 
 JAW = slice(0, 17)
 RIGHT_EYE = slice(36, 42)
@@ -46,20 +54,27 @@ class Portrait:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Image bytes -> BGR uint8, upright (EXIF orientation applied), scaled to fit MAX_SIDE."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Image bytes -> BGR uint8, upright (EXIF orientation applied), scaled to fit MAX_SIDE.
+    BadImageError for anything that is not a portrait we can decode within our limits."""
+    from PIL import Image, ImageOps
 
     try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            if img.width * img.height > MAX_PIXELS:
-                raise BadImageError(f"image too large ({img.width}x{img.height}; at most "
-                                    f"{MAX_PIXELS // 1_000_000} megapixels)")
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:  # reads the header only
+            limit = MAX_PIXELS if img.format in ("JPEG", "MPO") else MAX_FULL_DECODE_PIXELS
+            if img.width * img.height > limit:
+                raise BadImageError(f"image too large ({img.width}x{img.height}; at most {limit // 1_000_000} "
+                                    f"megapixels for {img.format})")
             img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced scale
-            img = ImageOps.exif_transpose(img)
-            img.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
+            img.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)  # in place: the full-size copy is freed
+            img = ImageOps.exif_transpose(img)  # the box is square: the same as turning first
             rgb = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadImageError(f"not a readable image ({exc})") from None
+    except BadImageError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL's decoders raise many kinds on damaged files
+        raise BadImageError(f"not a readable image in a supported format ({', '.join(FORMATS)}): "
+                            f"{type(exc).__name__}: {str(exc)[:200]}") from None
     # Even sizes: the video encoder works on 2x2 chroma blocks.
     rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
     if min(rgb.shape[:2]) < 64:
