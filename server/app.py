@@ -16,9 +16,11 @@ from pipelines.base import OptionError
 from server.auth import GRANT, AuthError, Security
 from server.config import Settings
 from server.ice import restrict_ice_hosts
+from server.limits import CLIENT, AddressLimits
 from server.metrics import Metrics
 from server.transports.session import Session
 from server.transports.webrtc import WebRTCSession
+from server.turn import client_ice_servers
 from server.transports.websocket import MAX_FRAME_BYTES, SocketSession, pipelines_start, single_start
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ class MediaServer:
         self.started = time.monotonic()
         self.rtc_configuration = RTCConfiguration(iceServers=ice_servers(settings))
         self.security = Security(settings)  # raises ValueError: a public address without auth
+        self.limits = AddressLimits(settings, self._sessions_of)  # raises ValueError: a bad --trusted-proxy
+        if bool(settings.turn_urls) != bool(settings.turn_secret):
+            raise ValueError("--turn-url and --turn-secret go together (short-lived TURN credentials)")
         restrict_ice_hosts(settings.ice_hosts)
         unknown = set(settings.pipelines) - set(PIPELINES)
         if unknown:
@@ -82,11 +87,12 @@ class MediaServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes,
-                              middlewares=[json_errors, self.security.middleware])
+                              middlewares=[json_errors, self.limits.middleware, self.security.middleware])
         app.router.add_get("/", self.index)
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_endpoint)
+        app.router.add_get("/ice-servers", self.ice_servers_endpoint)
         app.router.add_get("/ws", self.socket_handler(pipelines_start(PIPELINES)))
         app.router.add_static("/static", STATIC)
         for cls in PIPELINES.values():
@@ -122,15 +128,21 @@ class MediaServer:
         await self.models.close()
 
     # --- sessions, whatever their transport ---------------------------------------------------------
-    def full(self) -> web.Response | None:
+    def full(self, client: str | None = None) -> web.Response | None:
         if self.draining:
             return web.json_response({"error": "server is shutting down; try again shortly"}, status=503,
                                      headers={"Retry-After": str(int(self.settings.drain_seconds) + 1)})
         if len(self.sessions) >= self.settings.max_sessions:
             return error(503, f"server is full ({self.settings.max_sessions} sessions)")
-        return None
+        return self.limits.session_refused(client)
 
-    def _opened(self, session: Session) -> None:
+    def _sessions_of(self, client: str) -> int:
+        return sum(s.client == client for s in self.sessions.values())
+
+    def _opened(self, session: Session, client: str | None = None) -> None:
+        session.client = client  # counted against --max-sessions-per-address
+        if self.settings.max_session_seconds > 0:
+            session.spawn(session.expire(self.settings.max_session_seconds), "max-duration")
         self.sessions[session.id] = session
         self.metrics.sessions.set(len(self.sessions))
         self.metrics.sessions_total.inc()
@@ -154,12 +166,12 @@ class MediaServer:
 
     def socket_handler(self, start):
         async def handler(request: web.Request) -> web.StreamResponse:
-            if (full := self.full()) is not None:
+            if (full := self.full(request.get(CLIENT))) is not None:
                 return full
             ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=20)
             session = SocketSession(self.settings, self.metrics, self.models, ws, on_close=self._closed,
                                     grant=request.get(GRANT), authenticate=self.security.grant)
-            self._opened(session)  # counted before the handshake's await: concurrent ones see it
+            self._opened(session, request.get(CLIENT))  # counted before the handshake's await: concurrent ones see it
             try:
                 await ws.prepare(request)
                 await session.serve(start)
@@ -180,7 +192,7 @@ class MediaServer:
         seconds = self.settings.drain_seconds
         log.info("draining %d session(s) for up to %.0f s", len(self.sessions), seconds)
         for session in list(self.sessions.values()):
-            session.emit("shutdown", retry_after=int(seconds) + 1, closing_in=seconds)
+            session.emit("shutdown", reason="drain", retry_after=int(seconds) + 1, closing_in=seconds)
         deadline = time.monotonic() + seconds
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -203,12 +215,14 @@ class MediaServer:
             "pipelines": {name: {"description": cls.description, "defaults": cls.defaults}
                           for name, cls in PIPELINES.items()},
             "default_pipelines": self.settings.pipelines,
-            # The page configures its RTCPeerConnection with these (TURN for clients behind NAT).
-            "ice_servers": [{k: v for k, v in (("urls", i.urls), ("username", i.username),
-                                               ("credential", i.credential)) if v}
-                            for i in self.rtc_configuration.iceServers],
             "event_loop_lag_ms": self.metrics.lag_percentiles_ms(),
         })
+
+    async def ice_servers_endpoint(self, request: web.Request) -> web.Response:
+        """The STUN/TURN servers for a client's peer connection, TURN with short-lived credentials
+        (server/turn.py); never public where authentication is on."""
+        return web.json_response(client_ice_servers(self.settings, self.rtc_configuration.iceServers),
+                                 headers={"Cache-Control": "no-store"})
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8")
@@ -239,7 +253,7 @@ class MediaServer:
             return error(exc.status, exc.message)
         if not body["sdp"].lstrip().startswith("v=0") or "\nm=" not in body["sdp"]:
             return error(400, "malformed SDP: expected a session description with media sections")
-        if (full := self.full()) is not None:
+        if (full := self.full(request.get(CLIENT))) is not None:
             return full
 
         session = WebRTCSession(self.settings, self.metrics, self.models, self.rtc_configuration,
@@ -252,7 +266,7 @@ class MediaServer:
         if "\na=fingerprint:" not in body["sdp"]:  # it could never connect, and would hold a slot
             await session.close()
             return error(400, "malformed SDP: no DTLS fingerprint (a=fingerprint), so it can never connect")
-        self._opened(session)
+        self._opened(session, request.get(CLIENT))
         try:
             answer = await session.answer(RTCSessionDescription(sdp=body["sdp"], type="offer"))
         except Exception as exc:  # aiortc raises ValueError & co. for SDP it cannot use

@@ -44,6 +44,20 @@ class Settings:
     tls_cert: str = ""  # server/tls.py
     tls_key: str = field(default="", repr=False)
     tls_self_signed: bool = False
+    max_sessions_per_address: int = 4  # server/limits.py; 0: no limit
+    offers_per_second: float = 1.0
+    offer_burst: int = 5
+    requests_per_second: float = 20.0
+    request_burst: int = 60
+    trusted_proxies: list[str] = field(default_factory=list)
+    limit_loopback: bool = False
+    max_session_seconds: float = 3600.0  # 0: unlimited
+    ws_idle_timeout: float = 60.0
+    ws_messages_per_second: float = 200.0
+    ws_message_burst: int = 1000
+    turn_urls: list[str] = field(default_factory=list)  # server/turn.py
+    turn_secret: str = field(default="", repr=False)
+    turn_ttl: float = 7200.0
     per_pipeline: dict[str, Any] = field(default_factory=_pipeline_settings, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -80,6 +94,28 @@ _ENV = {
     "tls_key": ("MMS_TLS_KEY", "the certificate's private key (PEM)"),
     "tls_self_signed": ("MMS_TLS_SELF_SIGNED", "serve HTTPS with a self-signed certificate for this machine's "
                         "names and addresses, made once (LAN demos: make run HTTPS=1)"),
+    "max_sessions_per_address": ("MMS_MAX_SESSIONS_PER_ADDRESS", "sessions at once from one client address "
+                                 "(WebRTC and WebSocket); more answer 429; 0: no limit"),
+    "offers_per_second": ("MMS_OFFERS_PER_SECOND", "POST /offer a second from one client address; 0: no limit"),
+    "offer_burst": ("MMS_OFFER_BURST", "POST /offer one client address may send at once"),
+    "requests_per_second": ("MMS_REQUESTS_PER_SECOND", "HTTP requests a second from one client address "
+                            "(the page and /static/ not counted); 0: no limit"),
+    "request_burst": ("MMS_REQUEST_BURST", "HTTP requests one client address may send at once"),
+    "trusted_proxies": ("MMS_TRUSTED_PROXIES", "reverse proxy address or network whose X-Forwarded-For names "
+                        "the client (repeatable)"),
+    "limit_loopback": ("MMS_LIMIT_LOOPBACK", "apply the per-address limits to loopback clients too"),
+    "max_session_seconds": ("MMS_MAX_SESSION_SECONDS", "a session is told (shutdown event) and closed after "
+                            "this long; 0: unlimited"),
+    "ws_idle_timeout": ("MMS_WS_IDLE_TIMEOUT", "seconds a WebSocket may send no message before it is closed "
+                        "(4408); 0: never"),
+    "ws_messages_per_second": ("MMS_WS_MESSAGES_PER_SECOND", "messages a second one WebSocket may send; more "
+                               "are dropped with an error event; 0: no limit"),
+    "ws_message_burst": ("MMS_WS_MESSAGE_BURST", "messages a WebSocket may send at once; as many dropped "
+                         "close it (4429)"),
+    "turn_urls": ("MMS_TURN_URLS", "TURN server URL handed out with short-lived credentials from --turn-secret, "
+                  "e.g. turn:turn.example.org:3478 (repeatable)"),
+    "turn_secret": ("MMS_TURN_SECRET", "the TURN server's shared secret (coturn: static-auth-secret)"),
+    "turn_ttl": ("MMS_TURN_TTL", "seconds the TURN credentials of GET /ice-servers are valid"),
 }
 
 
@@ -109,7 +145,8 @@ def parse_settings(argv: list[str] | None = None, environ: dict[str, str] | None
             continue
         env_name, help_text = _ENV[f.name]
         flag = {"ice_hosts": "--ice-host", "api_keys": "--api-key",
-                "allowed_origins": "--allowed-origin"}.get(f.name, "--" + f.name.replace("_", "-"))
+                "allowed_origins": "--allowed-origin", "trusted_proxies": "--trusted-proxy",
+                "turn_urls": "--turn-url"}.get(f.name, "--" + f.name.replace("_", "-"))
         _add_flag(parser, [flag], f.name, getattr(defaults, f.name), environ.get(env_name), help_text,
                   env_name, fallback)
     for name, pipeline_defaults in defaults.per_pipeline.items():

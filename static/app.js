@@ -7,6 +7,7 @@ import {session, channelOpen, send, createSession, connect, stop} from './js/con
 import {resetResults} from './js/cards.js';
 import {handleEvent} from './js/events.js';
 import {loadPipelineUi} from './js/plugins.js';
+import {authFetch} from './js/auth.js';
 
 let health; // the /health answer once loaded; null if it failed, undefined until then
 let unsupported = false; // no WebRTC in this browser
@@ -40,8 +41,18 @@ async function start() {
   resetResults(run.pipelines);
   refreshControls();
   setState('media');
-  const iceServers = health && Array.isArray(health.ice_servers) ? health.ice_servers : [];
-  await connect(run, {names, options, iceServers});
+  await connect(run, {names, options, iceServers: await loadIceServers()});
+}
+
+// STUN/TURN servers for the peer connection, asked for at each start: TURN credentials are short-lived.
+async function loadIceServers() {
+  try {
+    const resp = await authFetch('/ice-servers', {cache: 'no-store'});
+    const body = resp.ok ? await resp.json() : null;
+    return body && Array.isArray(body.ice_servers) ? body.ice_servers : [];
+  } catch (err) {
+    return []; // host candidates still work on a LAN
+  }
 }
 
 wireControls({start, stop: () => stop('stopped'), send});

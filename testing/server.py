@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -34,6 +35,29 @@ def kill_children() -> None:
 
 
 atexit.register(kill_children)
+
+
+@dataclasses.dataclass
+class RunningServer:
+    server: "MediaServer"  # noqa: F821
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def in_process(settings):
+    """A ``MediaServer`` of ``settings`` served in this process and event loop, stopped on the way out."""
+    from aiohttp import web
+
+    from server.app import MediaServer
+
+    server = MediaServer(settings)
+    runner = web.AppRunner(server.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    try:
+        yield RunningServer(server, f"http://{settings.host}:{settings.port}")
+    finally:
+        await runner.cleanup()
 
 
 class ServerProcess:

@@ -94,7 +94,9 @@ async def test_credentials_are_required_everywhere(secured, media_server):
         status, public, _ = await call(http, "GET", url + "/health")
         assert status == 200 and public["auth"] == "required" and "ice_servers" not in public and "pipelines" not in public
         status, full, _ = await call(http, "GET", url + "/health", gender_only)
-        assert status == 200 and "ice_servers" in full and "gender" in full["pipelines"]
+        assert status == 200 and "ice_servers" not in full and "gender" in full["pipelines"]
+        assert (await call(http, "GET", url + "/ice-servers"))[0] == 401  # TURN credentials: never public
+        assert (await call(http, "GET", url + "/ice-servers", gender_only))[0] == 200
         assert (await call(http, "GET", url + "/"))[0] == 200
         assert (await call(http, "GET", url + "/static/app.js"))[0] == 200
 

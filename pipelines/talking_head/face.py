@@ -42,6 +42,10 @@ class BadImageError(ValueError):
     """The bytes are not an image we can decode."""
 
 
+class QuotaError(Exception):
+    """The portrait folder is full (``--talking-head-portrait-quota-mb`` / ``-files``)."""
+
+
 @dataclass(frozen=True)
 class Portrait:
     id: str
@@ -129,13 +133,16 @@ DEFAULT_ID = "default"
 
 class PortraitStore:
     """Analysed portraits by id: the default one, uploads (kept in memory, newest ``capacity``),
-    and, when ``directory`` is set, uploads saved there so they survive a restart. Analysis runs
-    once per image: uploading the same bytes again answers the cached id."""
+    and, when ``directory`` is set, uploads saved there so they survive a restart, up to
+    ``quota_bytes`` and ``quota_files`` there (0: no limit; a new image over them: QuotaError).
+    Analysis runs once per image: uploading the same bytes again answers the cached id."""
 
-    def __init__(self, analyzer: FaceAnalyzer, directory: str | Path | None = None, capacity: int = 64):
+    def __init__(self, analyzer: FaceAnalyzer, directory: str | Path | None = None, capacity: int = 64,
+                 quota_bytes: int = 0, quota_files: int = 0):
         self.analyzer = analyzer
         self.directory = Path(directory) if directory else None
         self.capacity = capacity
+        self.quota_bytes, self.quota_files = quota_bytes, quota_files
         self._portraits: OrderedDict[str, Portrait] = OrderedDict()
         self._lock = threading.Lock()
         self._default = analyzer.analyze_image(default_portrait_image(), DEFAULT_ID)
@@ -146,12 +153,26 @@ class PortraitStore:
         cached = self.get(id)
         if cached is not None:
             return cached
+        if self.directory is not None:
+            self._check_quota(len(image_bytes))  # before the analysis: a refusal costs nothing
         portrait = self.analyzer.analyze(image_bytes)
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            (self.directory / f"{id}.img").write_bytes(image_bytes)
+            with self._lock:  # concurrent uploads: one checks and writes at a time
+                self._check_quota(len(image_bytes))
+                self.directory.mkdir(parents=True, exist_ok=True)
+                (self.directory / f"{id}.img").write_bytes(image_bytes)
         self._keep(portrait)
         return portrait
+
+    def _check_quota(self, size: int) -> None:
+        if not (self.quota_bytes or self.quota_files) or not self.directory.is_dir():
+            return
+        sizes = [p.stat().st_size for p in self.directory.glob("*.img")]
+        if self.quota_files and len(sizes) + 1 > self.quota_files:
+            raise QuotaError(f"the portrait folder is full ({len(sizes)} portraits, at most {self.quota_files})")
+        if self.quota_bytes and sum(sizes) + size > self.quota_bytes:
+            raise QuotaError(f"the portrait folder is full ({sum(sizes) / 2**20:.1f} MB used, this image needs "
+                             f"{size / 2**20:.1f} MB more, at most {self.quota_bytes / 2**20:.0f} MB)")
 
     def _keep(self, portrait: Portrait) -> None:
         with self._lock:

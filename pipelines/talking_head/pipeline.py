@@ -55,6 +55,10 @@ class TalkingHeadSettings:
     portrait_dir: str = field(default="", metadata={
         "help": "folder that keeps uploaded portraits (empty: memory only)",
         "aliases": ("--portrait-dir",), "env_aliases": ("MMS_PORTRAIT_DIR",)})
+    portrait_quota_mb: float = field(default=1024.0, metadata={
+        "help": "megabytes the portrait folder may hold; uploads over it answer 507 (0: no limit)"})
+    portrait_quota_files: int = field(default=10000, metadata={
+        "help": "portraits the portrait folder may hold; uploads over it answer 507 (0: no limit)"})
     max_avatar_sessions: int = field(default=32, metadata={
         "help": "REST avatar sessions at once",
         "aliases": ("--max-avatar-sessions",), "env_aliases": ("MMS_MAX_AVATAR_SESSIONS",)})
@@ -82,7 +86,9 @@ class TalkingHeadPipeline(Pipeline):
 
     @classmethod
     def load_shared(cls, settings, registry) -> TalkingHeadShared:
-        store = PortraitStore(FaceAnalyzer(), settings.talking_head.portrait_dir or None)
+        th = settings.talking_head
+        store = PortraitStore(FaceAnalyzer(), th.portrait_dir or None, quota_bytes=int(th.portrait_quota_mb * 2**20),
+                              quota_files=th.portrait_quota_files)
         ticker = None
         if settings.device.startswith("cuda"):
             ticker = BatchTicker(TorchWarper(settings.device), settings.video_fps)

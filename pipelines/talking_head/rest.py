@@ -5,7 +5,8 @@
     POST   /api/avatar/sessions/{id}/audio     feed audio (WAV, or raw PCM16 at ?sample_rate=)
     GET    /api/avatar/sessions/{id}           status
     DELETE /api/avatar/sessions/{id}           delete
-Idle avatar sessions are removed after ``--talking-head-avatar-idle-timeout``.
+Idle avatar sessions are removed after ``--talking-head-avatar-idle-timeout``, any after
+``--max-session-seconds``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from aiohttp import web
 
 from media.audio import SAMPLE_RATE, decode, from_pcm16, resample
 from pipelines.talking_head.avatar import TalkingHeadShared
-from pipelines.talking_head.face import DEFAULT_ID, BadImageError, NoFaceError
+from pipelines.talking_head.face import DEFAULT_ID, BadImageError, NoFaceError, QuotaError
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +116,13 @@ class AvatarSession:
 
 class AvatarSessions:
     """The REST avatar sessions of one server: bounded in number; a daemon thread removes those
-    unused (no feed, no status, no viewer) for ``idle_timeout`` seconds."""
+    unused (no feed, no status, no viewer) for ``idle_timeout`` seconds, and any older than
+    ``max_age`` seconds (0: no limit)."""
 
-    def __init__(self, capacity: int, idle_timeout: float):
+    def __init__(self, capacity: int, idle_timeout: float, max_age: float = 0.0):
         self.capacity = capacity
         self.idle_timeout = idle_timeout
+        self.max_age = max_age
         self.sessions: dict[str, AvatarSession] = {}
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
@@ -154,13 +157,16 @@ class AvatarSessions:
     def _sweep_locked(self) -> None:
         now = time.monotonic()
         for id, session in list(self.sessions.items()):
-            if now - session.last_active > self.idle_timeout:
-                log.info("avatar session %s idle for %.0f s, removed", id, now - session.last_active)
+            expired = self.max_age > 0 and now - session.created > self.max_age
+            if now - session.last_active > self.idle_timeout or expired:
+                log.info("avatar session %s %s, removed", id, f"older than {self.max_age:.0f} s" if expired
+                         else f"idle for {now - session.last_active:.0f} s")
                 session.closed = True
                 del self.sessions[id]
 
     def _sweep_loop(self) -> None:
-        while not self._stopped.wait(min(5.0, max(0.05, self.idle_timeout / 4))):
+        period = min(self.idle_timeout, self.max_age) if self.max_age > 0 else self.idle_timeout
+        while not self._stopped.wait(min(5.0, max(0.05, period / 4))):
             with self._lock:
                 self._sweep_locked()
                 if not self.sessions:
@@ -179,7 +185,8 @@ class AvatarSessions:
 def avatar_sessions(models) -> AvatarSessions:
     """The REST avatar sessions of a server: kept by its model registry, closed with it."""
     return models.keep(("talking_head", "avatar_sessions"), lambda: AvatarSessions(
-        models.settings.talking_head.max_avatar_sessions, models.settings.talking_head.avatar_idle_timeout))
+        models.settings.talking_head.max_avatar_sessions, models.settings.talking_head.avatar_idle_timeout,
+        models.settings.max_session_seconds))
 
 
 # --- request decoding ----------------------------------------------------------------------------
@@ -273,6 +280,8 @@ def routes(cls, server) -> list:
             return _error(415, str(exc))
         except NoFaceError:
             return _error(422, "no face found")
+        except QuotaError as exc:
+            return _error(507, str(exc))
         return web.json_response({"portrait_id": portrait.id, "width": portrait.size[0],
                                   "height": portrait.size[1],
                                   "analysis_ms": round((time.perf_counter() - t0) * 1000, 1)}, status=201)

@@ -55,6 +55,8 @@ class Session(PipelineContext):
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
         self.closed = asyncio.Event()
+        self.client: str | None = None  # the client's address key (server/limits.py); None: exempt
+        self.end_reason: str | None = None  # why the server ended it, where not shutting down
 
     # --- pipelines -------------------------------------------------------------------------------
     def add_pipelines(self, requested: dict[str, tuple[type[Pipeline], dict]]) -> None:
@@ -176,6 +178,17 @@ class Session(PipelineContext):
         self.emit("config", pipeline=name, options=self.pipelines[name].options)
 
     # --- lifetime ----------------------------------------------------------------------------------
+    async def expire(self, seconds: float) -> None:
+        """``--max-session-seconds``: a ``shutdown`` event (``reason: "max_duration"``) up to 10 s
+        before the end, then the session is closed."""
+        warning = min(10.0, seconds / 10)
+        await asyncio.sleep(seconds - warning)
+        self.emit("shutdown", reason="max_duration", retry_after=0, closing_in=round(warning, 3))
+        await asyncio.sleep(warning)
+        log.info("%s session %s reached its maximum duration (%.0f s)", self.transport, self.id, seconds)
+        self.end_reason = "maximum session duration reached"
+        await self.close()
+
     async def close(self) -> None:
         """Stop the pipelines, release the transport, tell the server; idempotent."""
         if self._closing:

@@ -13,7 +13,12 @@ frames and speech as binary PCM16 frames at the client's sample rate.
     server  the pipelines' events, and binary PCM16 speech at sample_rate
     client  ping / text / config (the control protocol, server/transports/session.py)
     client  {"type": "stop_stream"} -> what was sent is finished, then {"type": "stopped"}
-    anything wrong -> {"type": "error", "message": ...}; the socket stays open
+    anything wrong -> {"type": "error", "message": ...}; the socket stays open, except:
+      a frame over MAX_FRAME_BYTES -> closed by aiohttp, 1009 (message too big)
+      no message for --ws-idle-timeout s -> an error, then closed 4408
+      over --ws-messages-per-second -> an error, the excess dropped; as many dropped as
+        --ws-message-burst -> closed 4429
+      --max-session-seconds reached -> a shutdown event, then closed 1001
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from media.audio import SAMPLE_RATE, from_pcm16, resample, to_pcm16
 from media.buffers import AudioRing
 from pipelines.base import OptionError, Pipeline
 from server.auth import OPEN, AuthError, Grant
+from server.limits import TokenBucket
 from server.transports.session import Session
 
 log = logging.getLogger(__name__)
@@ -86,6 +92,10 @@ class SocketSession(Session):
         self.samples_in = 0
         self._stream_tasks: set[asyncio.Task] = set()  # the running stream's pipelines
         self._outbox: asyncio.Queue = asyncio.Queue(OUTBOX)
+        rate = settings.ws_messages_per_second
+        self._rate = TokenBucket(rate, settings.ws_message_burst, time.monotonic()) if rate > 0 else None
+        self.dropped = 0  # messages dropped for going over the rate
+        self._warned = float("-inf")  # when the last 'too many messages' error was sent
         self._sender = self.spawn(self._send_loop(), "ws-send")
 
     # --- a stream: start_stream .. stop_stream ------------------------------------------------------
@@ -161,9 +171,36 @@ class SocketSession(Session):
         while not self._outbox.empty() and time.monotonic() < deadline and not self._sender.done():
             await asyncio.sleep(0.01)
 
+    async def _receive(self):
+        """The next message within ``--ws-idle-timeout``, or None: closed, idle (closed 4408 after an
+        error) or flooding (closed 4429); messages over ``--ws-messages-per-second`` are dropped."""
+        idle = self.settings.ws_idle_timeout
+        while True:
+            try:
+                msg = await self.ws.receive(timeout=idle if idle > 0 else None)
+            except asyncio.TimeoutError:
+                return await self._refuse(4408, "idle timeout", f"no message for {idle:g} s: closing the socket")
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return None
+            if self._rate is None or not self._rate.take(time.monotonic()):
+                return msg
+            self.dropped += 1
+            if self.dropped >= self.settings.ws_message_burst:
+                return await self._refuse(4429, "too many messages", f"{self.dropped} messages dropped for going over "
+                                                f"{self.settings.ws_messages_per_second:g} a second: closing the socket")
+            if time.monotonic() - self._warned > 1.0:  # one error a second, not one per message
+                self._warned = time.monotonic()
+                self.emit_error(None, f"too many messages (at most {self.settings.ws_messages_per_second:g} a "
+                                      f"second); {self.dropped} dropped so far")
+
+    async def _refuse(self, code: int, reason: str, message: str) -> None:
+        self.emit_error(None, message)
+        await self.drain(timeout=1.0)
+        await self.ws.close(code=code, message=reason.encode())
+
     async def serve(self, start: StartFn) -> None:
         """The socket's messages, until it closes."""
-        async for msg in self.ws:
+        while (msg := await self._receive()) is not None:
             if self.grant is None and not await self._sign_in(msg):
                 await self.drain(timeout=1.0)
                 await self.ws.close(code=4401, message=b"authentication required")
@@ -234,7 +271,7 @@ class SocketSession(Session):
         self._sender.cancel()
         await asyncio.gather(self._sender, return_exceptions=True)
         if not self.ws.closed and self.ws.prepared:  # closed by the server (shutdown): tell the client
-            await self.ws.close(code=1001, message=b"server shutting down")
+            await self.ws.close(code=1001, message=(self.end_reason or "server shutting down").encode())
 
 
 def pipelines_start(registry: dict) -> StartFn:
