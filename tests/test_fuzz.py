@@ -460,8 +460,8 @@ async def test_translate_websocket_messages(media_server, path):
 
 async def test_websocket_frame_over_the_limit_closes_the_socket_alone(media_server):
     """A frame over MAX_FRAME_BYTES (1 MiB) is refused by aiohttp itself: the socket closes with
-    1009 (message too big), not with an ``error`` event as README's "every error leaves the socket
-    open" reads; the server and other sessions carry on."""
+    1009 (message too big), one of the exceptions README's WebSocket contract lists to "every error
+    leaves the socket open"; the server and other sessions carry on."""
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http, Bystander(media_server.url) as bystander:
         for start in (False, True):
             async with http.ws_connect(ws_url(media_server.url)) as ws:
@@ -895,7 +895,7 @@ async def _load_portrait_models(http, url: str) -> None:
 
 
 async def test_png_under_the_old_pixel_limit_is_refused_from_its_header(media_server):
-    """Fixed in <fix>. decode_image refused over 50 MP from the header, but PNG has no reduced-scale
+    """Fixed in 1aa2719. decode_image refused over 50 MP from the header, but PNG has no reduced-scale
     decode: a 143 KB PNG of 7000 x 7000 black RGB (49 MP) was decoded in full and copied by
     exif_transpose, +380 MB (RGBA, 190 KB: +575 MB, 1.5 s). Formats that decode in full are now
     capped at 16 MP (JPEG keeps 50 MP: it decodes at 1/8 scale), and the image is scaled down
@@ -913,7 +913,7 @@ async def test_png_under_the_old_pixel_limit_is_refused_from_its_header(media_se
 
 async def test_png_at_the_pixel_limit_stays_within_memory(media_server):
     """The largest PNG still decoded (4000 x 4000, 16 MP) costs what one full-size copy does
-    (~64 MB at 4 bytes a pixel), not two (bench/portrait_memory.py: +129 MB before <fix>, +68 MB)."""
+    (~64 MB at 4 bytes a pixel), not two (bench/portrait_memory.py: +129 MB before 1aa2719, +68 MB)."""
     png = png_declaring(4000, 4000, colour_type=2)
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         await _load_portrait_models(http, media_server.url)
@@ -936,7 +936,7 @@ def _corrupt_icns() -> bytes:
 
 @pytest.mark.parametrize("name", ["truncated-qoi", "corrupt-icns", "truncated-png", "whole-qoi"])
 async def test_damaged_portrait_in_a_rare_format_is_a_4xx(media_server, name):
-    """Fixed in <fix>. decode_image let PIL open any of its ~40 formats but caught only
+    """Fixed in 1aa2719. decode_image let PIL open any of its ~40 formats but caught only
     UnidentifiedImageError, OSError, ValueError and DecompressionBombError; PIL's decoders raise others
     on damaged files: a truncated QOI raised IndexError (QoiDecoder reads past the end), an ICNS whose
     embedded PNG has a bad IHDR checksum SyntaxError: 500. Portraits are now opened only in the formats
@@ -952,7 +952,7 @@ async def test_damaged_portrait_in_a_rare_format_is_a_4xx(media_server, name):
 
 
 async def test_tiny_dds_declaring_a_large_image_is_refused_quickly(media_server):
-    """Fixed in <fix>. decode_image accepted DDS, whose uncompressed-RGB decoder in PIL is pure Python
+    """Fixed in 1aa2719. decode_image accepted DDS, whose uncompressed-RGB decoder in PIL is pure Python
     and loops to the declared size even when the data has run out: a 1.1 KB DDS declaring 1024 x 1024
     kept a worker thread (and the GIL) busy ~1.6 s, 2048 x 2048 ~6.5 s, then 422 'no face found'.
     DDS is no longer a portrait format: 415 at once."""
