@@ -92,7 +92,7 @@ async def test_offers_over_the_rate_get_429_before_the_body_is_read(settings):
         url = media_server.url + "/offer"
         assert [(await call(http, "POST", url, json=BAD_OFFER))[0] for _ in range(2)] == [400, 400]
         status, body, headers = await call(http, "POST", url, data=b"{" * (1 << 20))  # over 256 KiB: not read
-        assert status == 429 and "offers" in body["error"] and headers["Retry-After"] == "2", (status, body)
+        assert status == 429 and "offers" in body["error"] and headers["Retry-After"] in ("1", "2"), (status, body)
         assert (await call(http, "GET", media_server.url + "/health"))[0] == 200  # other routes go on
 
 
@@ -169,7 +169,7 @@ async def test_websocket_session_reaching_its_maximum_duration(settings, media_s
             assert shutdown["closing_in"] == pytest.approx(0.1) and shutdown["retry_after"] == 0
             msg = await ws.receive(timeout=5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001, msg
-            assert msg.extra == "maximum session duration reached" and time.monotonic() - t0 < 2
+            assert msg.extra == "maximum session duration reached" and time.monotonic() - t0 < 4
     assert not media_server.server.sessions
 
 
@@ -217,7 +217,7 @@ async def test_idle_websocket_is_closed_with_4408(settings, media_server):
 
 
 async def test_websocket_message_rate(settings, media_server):
-    settings.ws_messages_per_second, settings.ws_message_burst = 5.0, 10
+    settings.ws_messages_per_second, settings.ws_message_burst = 1.0, 10
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(ws_url(media_server.url)) as ws:
             for i in range(14):  # the burst of 10 is answered, the rest dropped with one error
@@ -226,7 +226,7 @@ async def test_websocket_message_rate(settings, media_server):
             pongs = [e["id"] for e in events if e["type"] == "pong"]
             errors = [e for e in events if e["type"] == "error"]
             assert pongs == list(range(10)) and len(errors) == 1 and "too many messages" in errors[0]["message"]
-            await asyncio.sleep(0.5)  # the socket stays open; the bucket refills
+            await asyncio.sleep(1.2)  # the socket stays open; the bucket refills
             await ws.send_json({"type": "ping", "id": "later"})
             assert await receive_event(ws) == {"type": "pong", "t": pytest.approx(0, abs=60), "id": "later"}
             for i in range(30):  # keeping on: as many dropped as the burst closes it
