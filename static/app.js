@@ -1,9 +1,9 @@
 // The web client: camera + microphone -> WebRTC -> the server's pipelines; results come back on
 // the "events" data channel, returned audio/video on the peer connection. Plain ES modules, no
-// build step: this entry wires those in js/ together.
+// build step: this entry wires those in js/ together; mms-client.js is the connection itself.
 import {showError, clearError, errorText, setState, resetDisplays, updateControls, wireControls} from './js/ui.js';
 import {listPipelines, selectedPipelines, changedOptions, confirmOptions} from './js/pipeline-list.js';
-import {session, channelOpen, send, createSession, connect, stop} from './js/connection.js';
+import {session, channelOpen, send, start as startSession, stop} from './js/connection.js';
 import {resetResults} from './js/cards.js';
 import {handleEvent} from './js/events.js';
 import {loadPipelineUi} from './js/plugins.js';
@@ -35,13 +35,12 @@ async function start() {
     return;
   }
   confirmOptions();
-  const run = createSession(names, {onChange: refreshControls, onEvent: handleEvent});
   resetDisplays();
-  resetResults(run.pipelines);
-  refreshControls();
+  resetResults(names || []);
   setState('media');
-  const iceServers = health && Array.isArray(health.ice_servers) ? health.ice_servers : [];
-  await connect(run, {names, options, iceServers});
+  const started = startSession(names, options, {onChange: refreshControls, onEvent: handleEvent});
+  refreshControls();
+  await started;
 }
 
 wireControls({start, stop: () => stop('stopped'), send});
