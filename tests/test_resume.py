@@ -113,3 +113,28 @@ async def test_bad_tokens_and_resuming_off(settings, media_server):
     async with aiohttp.ClientSession() as http:  # nothing was left behind
         async with http.get(media_server.url + "/health") as resp:
             assert (await resp.json())["sessions"] == 0
+
+
+async def test_a_resume_replaces_a_connection_still_attached(media_server):
+    """The client noticed the drop before the server did (or moved to another network): the new
+    connection takes over, the old one is closed."""
+    server = media_server.server
+    client = StreamClient(media_server.url, ["gender"])
+    await client.connect()
+    token = (await client.next_event("ready"))["resume_token"]
+    (session,) = server.sessions.values()
+    old_peer = session.peer
+    other = StreamClient(media_server.url)
+    try:
+        answer = await other.connect(resume=token)
+        assert answer["session_id"] == session.id
+        assert (await other.next_event("resumed"))["session_id"] == session.id
+        assert session.peer is not old_peer and old_peer.lost
+        await wait_until(lambda: client.pc.connectionState == "closed" or client.channel.readyState == "closed")
+        other.send({"type": "ping", "id": 1})
+        assert (await other.next_event("pong"))["id"] == 1
+        assert list(server.sessions) == [session.id]
+    finally:
+        await client.close()
+        await other.close()
+    await wait_until(lambda: not server.sessions, timeout=5)
