@@ -100,22 +100,31 @@ class StreamClient:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}  # API key or session token
         self.pipelines = pipelines
         self.options = options or {}
-        self.pc = RTCPeerConnection()
-        self.channel = self.pc.createDataChannel("events")
         self.events: asyncio.Queue[dict] = asyncio.Queue(maxsize=10000)
         self.session_id: str | None = None
+        self.resume_token: str | None = None  # from the ready event
         self.received: dict[str, list] = {"audio": [], "video": []}  # (arrival time, frame) of the newest
         self.frame_counts = {"audio": 0, "video": 0}
         self.keep_frames = 0  # how many returned frames of each kind to keep (0: count only)
         self._readers: list[asyncio.Task] = []
+        self._new_pc()
+
+    def _new_pc(self) -> None:
+        self.pc = RTCPeerConnection()
+        self.channel = self.pc.createDataChannel("events")
         self._opened = asyncio.Event()
+        self._closed = asyncio.Event()
         self.channel.on("open", self._opened.set)
+        self.channel.on("close", self._closed.set)
         self.channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
 
     def _on_message(self, message) -> None:
         with contextlib.suppress(asyncio.QueueFull, ValueError):
-            self.events.put_nowait(json.loads(message))
+            event = json.loads(message)
+            if isinstance(event, dict) and event.get("type") == "ready":
+                self.resume_token = event.get("resume_token")
+            self.events.put_nowait(event)
 
     def _on_track(self, track) -> None:
         async def read():
@@ -131,8 +140,10 @@ class StreamClient:
                     del kept[:-self.keep_frames]
         self._readers.append(asyncio.get_running_loop().create_task(read()))
 
-    async def connect(self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None) -> dict:
-        """Offer (sending the given tracks, receiving audio and video back); returns the answer JSON."""
+    async def connect(self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None,
+                      resume: str | None = None) -> dict:
+        """Offer (sending the given tracks, receiving audio and video back); returns the answer JSON.
+        ``resume``: a resume token, to attach this connection to that session instead."""
         if audio is not None:
             self.pc.addTrack(audio)
         else:
@@ -145,6 +156,8 @@ class StreamClient:
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "options": self.options}
         if self.pipelines is not None:
             body["pipelines"] = self.pipelines
+        if resume is not None:
+            body = {"sdp": body["sdp"], "type": "offer", "resume": resume}
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{self.url}/offer", json=body, headers=self.headers) as resp:
                 answer = await resp.json()
@@ -154,6 +167,13 @@ class StreamClient:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await asyncio.wait_for(self._opened.wait(), 15)
         return answer
+
+    async def resume(self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None) -> dict:
+        """After the connection dropped (or to drop it): a new peer connection for the same session,
+        with the ready event's resume token. Tracks are new ones (aiortc ended the old ones)."""
+        await self.pc.close()
+        self._new_pc()
+        return await self.connect(audio, video, resume=self.resume_token)
 
     def send(self, message: dict | str) -> None:
         self.channel.send(message if isinstance(message, str) else json.dumps(message))
@@ -181,6 +201,11 @@ class StreamClient:
         return None
 
     async def close(self) -> None:
+        """Leave for good: ``close`` tells the server not to wait for a resume; it closes the channel."""
+        if self.channel.readyState == "open":
+            self.send({"type": "close"})
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), 2)
         for task in self._readers:
             task.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)

@@ -18,6 +18,7 @@ from server.config import Settings
 from server.ice import restrict_ice_hosts
 from server.limits import CLIENT, AddressLimits
 from server.metrics import Metrics
+from server.resume import ResumeTokens
 from server.transports.session import Session
 from server.transports.webrtc import WebRTCSession
 from server.turn import client_ice_servers
@@ -50,6 +51,18 @@ async def json_errors(request: web.Request, handler):
         return error(500, "internal server error")
 
 
+def malformed_sdp(sdp: str) -> str | None:
+    if not sdp.lstrip().startswith("v=0") or "\nm=" not in sdp:
+        return "malformed SDP: expected a session description with media sections"
+    return None
+
+
+def ghost_sdp(sdp: str) -> str | None:
+    if "\na=fingerprint:" not in sdp:
+        return "malformed SDP: no DTLS fingerprint (a=fingerprint), so it can never connect"
+    return None
+
+
 def ice_servers(settings: Settings) -> list[RTCIceServer]:
     servers = [RTCIceServer(urls=url) for url in settings.stun]
     for spec in settings.turn:  # turn:USER:PASSWORD@HOST:PORT
@@ -74,6 +87,7 @@ class MediaServer:
         self.limits = AddressLimits(settings, self._sessions_of)  # raises ValueError: a bad --trusted-proxy
         if bool(settings.turn_urls) != bool(settings.turn_secret):
             raise ValueError("--turn-url and --turn-secret go together (short-lived TURN credentials)")
+        self.resume_tokens = ResumeTokens()
         restrict_ice_hosts(settings.ice_hosts)
         unknown = set(settings.pipelines) - set(PIPELINES)
         if unknown:
@@ -238,6 +252,8 @@ class MediaServer:
             return error(400, "body must be a JSON object")
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             return error(400, 'expected {"sdp": "...", "type": "offer"}')
+        if "resume" in body:
+            return await self.resume(request, body)
         names = body.get("pipelines", self.settings.pipelines)
         options = body.get("options", {})
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -251,8 +267,8 @@ class MediaServer:
             request[GRANT].check(names)
         except AuthError as exc:
             return error(exc.status, exc.message)
-        if not body["sdp"].lstrip().startswith("v=0") or "\nm=" not in body["sdp"]:
-            return error(400, "malformed SDP: expected a session description with media sections")
+        if (problem := malformed_sdp(body["sdp"])) is not None:
+            return error(400, problem)
         if (full := self.full(request.get(CLIENT))) is not None:
             return full
 
@@ -263,9 +279,11 @@ class MediaServer:
         except OptionError as exc:
             await session.close()
             return error(400, str(exc))
-        if "\na=fingerprint:" not in body["sdp"]:  # it could never connect, and would hold a slot
+        if (problem := ghost_sdp(body["sdp"])) is not None:  # it could never connect, and would hold a slot
             await session.close()
-            return error(400, "malformed SDP: no DTLS fingerprint (a=fingerprint), so it can never connect")
+            return error(400, problem)
+        if self.settings.resume_seconds > 0:
+            session.resume_token = self.resume_tokens.token(session.id)
         self._opened(session, request.get(CLIENT))
         try:
             answer = await session.answer(RTCSessionDescription(sdp=body["sdp"], type="offer"))
@@ -274,4 +292,28 @@ class MediaServer:
             await session.close()
             return error(400, f"malformed SDP: {exc}")
         log.info("session %s started with pipelines %s", session.id, list(session.pipelines))
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
+
+    async def resume(self, request: web.Request, body: dict) -> web.Response:
+        """``POST /offer`` with ``{"resume": token}``: a new peer connection for a WebRTC session
+        whose connection dropped (``ready`` gave the token); the same ``session_id`` answers."""
+        session_id = self.resume_tokens.session_id(body["resume"]) if self.settings.resume_seconds > 0 else None
+        if session_id is None:
+            return error(404, "unknown resume token" if self.settings.resume_seconds > 0
+                         else "this server does not resume sessions (--resume-seconds 0)")
+        session = self.sessions.get(session_id)
+        if not isinstance(session, WebRTCSession) or session.closing:
+            return error(410, "the session has ended (closed, or not resumed within "
+                         f"{self.settings.resume_seconds:g} s); start a new one")
+        try:
+            request[GRANT].check(list(session.pipelines))
+        except AuthError as exc:
+            return error(exc.status, exc.message)
+        if (problem := malformed_sdp(body["sdp"]) or ghost_sdp(body["sdp"])) is not None:
+            return error(400, problem)
+        try:
+            answer = await session.resume(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+        except Exception as exc:  # aiortc raises ValueError & co. for SDP it cannot use
+            log.info("bad resume offer: %s", exc)
+            return error(400, f"malformed SDP: {exc}")
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})

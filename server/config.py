@@ -34,6 +34,7 @@ class Settings:
     video_fps: float = 25.0
     heartbeat_timeout: float = 10.0
     drain_seconds: float = 30.0  # on SIGTERM: how long sessions may finish before they are closed
+    resume_seconds: float = 30.0  # how long a WebRTC session whose connection dropped waits to be resumed
     max_body_bytes: int = 256 * 1024
     preload: list[str] = field(default_factory=list)  # pipelines whose models load at start-up
     api_keys: list[str] = field(default_factory=list, repr=False)  # server/auth.py
@@ -83,6 +84,8 @@ _ENV = {
     "heartbeat_timeout": ("MMS_HEARTBEAT_TIMEOUT", "seconds without media or messages before a session is closed"),
     "drain_seconds": ("MMS_DRAIN_SECONDS", "on SIGTERM, seconds sessions may finish (told by a shutdown event) "
                       "before they are closed; new ones are refused meanwhile"),
+    "resume_seconds": ("MMS_RESUME_SECONDS", "seconds a WebRTC session whose connection dropped waits for "
+                       "its client to resume it (POST /offer with its resume token); 0: off"),
     "preload": ("MMS_PRELOAD", "pipelines whose models load at start-up, or 'all' (default: the default pipelines)"),
     "api_keys": ("MMS_API_KEYS", "API key clients send as 'Authorization: Bearer KEY' (repeatable)"),
     "api_key_file": ("MMS_API_KEY_FILE", "file of API keys, one per line"),

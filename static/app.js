@@ -1,13 +1,12 @@
 // The web client: camera + microphone -> WebRTC -> the server's pipelines; results come back on
 // the "events" data channel, returned audio/video on the peer connection. Plain ES modules, no
-// build step: this entry wires those in js/ together.
+// build step: this entry wires those in js/ together; mms-client.js is the connection itself.
 import {showError, clearError, errorText, setState, resetDisplays, updateControls, wireControls} from './js/ui.js';
 import {listPipelines, selectedPipelines, changedOptions, confirmOptions} from './js/pipeline-list.js';
-import {session, channelOpen, send, createSession, connect, stop} from './js/connection.js';
+import {session, channelOpen, send, start as startSession, stop} from './js/connection.js';
 import {resetResults} from './js/cards.js';
 import {handleEvent} from './js/events.js';
 import {loadPipelineUi} from './js/plugins.js';
-import {authFetch} from './js/auth.js';
 
 let health; // the /health answer once loaded; null if it failed, undefined until then
 let unsupported = false; // no WebRTC in this browser
@@ -36,23 +35,12 @@ async function start() {
     return;
   }
   confirmOptions();
-  const run = createSession(names, {onChange: refreshControls, onEvent: handleEvent});
   resetDisplays();
-  resetResults(run.pipelines);
-  refreshControls();
+  resetResults(names || []);
   setState('media');
-  await connect(run, {names, options, iceServers: await loadIceServers()});
-}
-
-// STUN/TURN servers for the peer connection, asked for at each start: TURN credentials are short-lived.
-async function loadIceServers() {
-  try {
-    const resp = await authFetch('/ice-servers', {cache: 'no-store'});
-    const body = resp.ok ? await resp.json() : null;
-    return body && Array.isArray(body.ice_servers) ? body.ice_servers : [];
-  } catch (err) {
-    return []; // host candidates still work on a LAN
-  }
+  const started = startSession(names, options, {onChange: refreshControls, onEvent: handleEvent});
+  refreshControls();
+  await started;
 }
 
 wireControls({start, stop: () => stop('stopped'), send});

@@ -203,6 +203,7 @@ async def test_config_changes_the_running_pipeline(media_server):
 # --- lifetime ------------------------------------------------------------------------------------
 async def test_heartbeat_closes_a_silent_client(settings, media_server):
     media_server.server.settings.heartbeat_timeout = 1.5
+    media_server.server.settings.resume_seconds = 0  # no waiting for a resume (tests/test_resume.py)
     silent = StreamClient(media_server.url, ["gender"])  # no media, no pings
     await silent.connect()
     talking = StreamClient(media_server.url, ["gender"])

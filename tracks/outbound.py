@@ -24,6 +24,7 @@ from media.audio import from_pcm16, resample, to_pcm16
 OUT_RATE = 48000
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
 VIDEO_CLOCK = 90000
+MAX_LATE = 1.0  # seconds a paced track may be behind the clock before it stops catching up
 
 
 class Pacer:
@@ -38,7 +39,9 @@ class Pacer:
             self.start = time.monotonic()
             return
         delay = self.start + timestamp / self.clock_rate - time.monotonic()
-        if delay > 0:
+        if delay < -MAX_LATE:  # nobody pulled for a while (a session waiting to resume): go on from now
+            self.start -= delay
+        elif delay > 0:
             await asyncio.sleep(delay)
 
     def behind(self, timestamp: int) -> float:

@@ -1,7 +1,10 @@
-"""The WebRTC transport: one peer connection per session, its tracks and its ``events`` channel.
+"""The WebRTC transport: a session (its pipelines, buffers and outbound tracks) and the peer
+connection that carries it (``Peer``: the RTCPeerConnection, its inbound tracks, its ``events``
+channel). A session outlives its peer: when the connection drops, the session waits
+``--resume-seconds`` for the client to attach a new one with its resume token (``resume``).
 
 Data path:  inbound tracks -> AudioRing / LatestFrame -> pipelines -> events + outbound tracks.
-All state of a connection lives in its ``WebRTCSession``; ``close()`` tears all of it down.
+All state of a client lives in its ``WebRTCSession``; ``close()`` tears all of it down.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from collections import deque
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.buffers import LatestFrame
 from server.transports.session import Session
@@ -21,6 +25,7 @@ from tracks.outbound import SpeechAudioTrack, SynthVideoTrack
 log = logging.getLogger(__name__)
 
 MAX_CHANNEL_BACKLOG = 1 << 20  # bytes waiting in the data channel before events are dropped
+MAX_UNSENT = 256  # events kept while no channel is open (before it opens, or while the client reconnects)
 
 
 def release_audio_early(receiver) -> None:
@@ -33,22 +38,31 @@ def release_audio_early(receiver) -> None:
         buffer._prefetch = 1
 
 
-class WebRTCSession(Session):
-    transport = "webrtc"
+class Feed(MediaStreamTrack):
+    """One peer connection's handle on a session's outbound track: aiortc stops a sender's track
+    when its connection closes, and the session's tracks must outlive a connection that drops."""
 
-    def __init__(self, settings, metrics, models, configuration: RTCConfiguration, on_close=None):
-        super().__init__(settings, metrics, models, on_close)
-        self.last_seen = self.started
+    def __init__(self, source: MediaStreamTrack):
+        super().__init__()
+        self.kind = source.kind
+        self.source = source
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        return await self.source.recv()
+
+
+class Peer:
+    """One connection of a session's client: what it receives goes to the session; when it is
+    lost (failed, closed, its channel closed, silent) it tells the session."""
+
+    def __init__(self, session: WebRTCSession, configuration: RTCConfiguration):
+        self.session = session
         self.pc = RTCPeerConnection(configuration)
-        self.camera = LatestFrame(on_drop=self.metrics.frames_dropped.inc)
-        self.audio_out = SpeechAudioTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
-        self.video_out = SynthVideoTrack(self.camera, self.overlay_lines, fps=self.settings.video_fps,
-                                         on_frame=self.metrics.frames_out.labels("video").inc)
         self.channel = None
-        self._overlays: dict[str, list[str]] = {}
-        self._unsent: deque[str] = deque(maxlen=64)  # events emitted before the channel opened
-        self._ready_sent = False
-
+        self.lost = False
+        self.greeted = False  # ready (or resumed) sent on its channel
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -60,72 +74,172 @@ class WebRTCSession(Session):
                 release_audio_early(transceiver.receiver)
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "audio" in kinds:
-            self.pc.addTrack(self.audio_out)  # reuses the offer's audio transceiver
+            self.pc.addTrack(Feed(self.session.audio_out))  # reuses the offer's audio transceiver
         if "video" in kinds:
-            self.pc.addTrack(self.video_out)
+            self.pc.addTrack(Feed(self.session.video_out))
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
-        self.start_pipelines()
-        self.spawn(self._watchdog(), "watchdog")
         return self.pc.localDescription
 
-    # --- inbound -------------------------------------------------------------------------------
-    def _touch(self) -> None:
-        self.last_seen = time.monotonic()
+    def open(self) -> bool:
+        return not self.lost and self.channel is not None and self.channel.readyState == "open"
 
     def _on_track(self, track) -> None:
-        counter = self.metrics.frames_in.labels(track.kind)
+        session = self.session
+        counter = session.metrics.frames_in.labels(track.kind)
 
         def on_frame():
-            self._touch()
+            session.touch()
             counter.inc()
 
         if track.kind == "audio":
-            self.spawn(read_audio(track, self.audio, on_frame), "audio-in")
+            session.spawn(read_audio(track, session.audio, on_frame), "audio-in")
         elif track.kind == "video":
-            self.spawn(read_video(track, self.camera, on_frame), "video-in")
+            session.spawn(read_video(track, session.camera, on_frame), "video-in")
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "events":
             return
         self.channel = channel
+        channel.on("open", lambda: self.session.channel_opened(self))
+        channel.on("message", lambda message: self.session.received(self, message))
+        channel.on("close", lambda: self.session.lost(self, "its data channel closed"))
+        if channel.readyState == "open":
+            self.session.channel_opened(self)
 
-        @channel.on("open")
-        def _on_open():
-            self._flush()
+    async def _on_connection_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self.session.lost(self, f"connection {self.pc.connectionState}")
 
-        @channel.on("message")
-        def _on_message(message):
-            self._touch()
+    async def close(self) -> None:
+        self.lost = True
+        await self.pc.close()
+
+
+class WebRTCSession(Session):
+    transport = "webrtc"
+
+    def __init__(self, settings, metrics, models, configuration: RTCConfiguration, on_close=None):
+        super().__init__(settings, metrics, models, on_close)
+        self.configuration = configuration
+        self.last_seen = self.started
+        self.camera = LatestFrame(on_drop=self.metrics.frames_dropped.inc)
+        self.audio_out = SpeechAudioTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
+        self.video_out = SynthVideoTrack(self.camera, self.overlay_lines, fps=self.settings.video_fps,
+                                         on_frame=self.metrics.frames_out.labels("video").inc)
+        self.resume_token: str | None = None  # given by the server where --resume-seconds > 0
+        self.peer = Peer(self, configuration)
+        self._overlays: dict[str, list[str]] = {}
+        self._unsent: deque[str] = deque(maxlen=MAX_UNSENT)  # events emitted while no channel was open
+        self._dropped = 0  # of those, lost to the bound since a channel last opened
+        self._ready_sent = False
+        self._expiry: asyncio.Task | None = None  # waiting for a resume
+        self._peer_closes: set[asyncio.Task] = set()
+
+    @property
+    def pc(self) -> RTCPeerConnection:
+        return self.peer.pc
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def answer(self, offer) -> Any:
+        answer = await self.peer.answer(offer)
+        self.start_pipelines()
+        self.spawn(self._watchdog(), "watchdog")
+        return answer
+
+    async def resume(self, offer) -> Any:
+        """Attach a new peer connection (the client came back with its resume token); the
+        pipelines carry on. A peer still attached (its loss not noticed yet) is replaced."""
+        old, self.peer = self.peer, Peer(self, self.configuration)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._close_peer(old)
+        self.touch()
+        log.info("session %s: resuming on a new connection", self.id)
+        try:
+            return await self.peer.answer(offer)
+        except Exception:
+            self.lost(self.peer, "its resume offer could not be answered")
+            raise
+
+    # --- what peers report ----------------------------------------------------------------------
+    def touch(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def received(self, peer: Peer, message) -> None:
+        if peer is self.peer and not peer.lost:
+            self.touch()
             self.spawn(self._handle_message(message), "message")
 
-        if channel.readyState == "open":
-            self._flush()
+    def lost(self, peer: Peer, why: str) -> None:
+        """A peer is gone: wait ``--resume-seconds`` for the client to resume, or end the session
+        (resuming off, or the client never got its token)."""
+        if peer is not self.peer or peer.lost or self._closing:
+            return
+        self._close_peer(peer)
+        seconds = self.settings.resume_seconds
+        if seconds <= 0 or not self._ready_sent:
+            log.info("session %s: %s, closing", self.id, why)
+            asyncio.get_running_loop().create_task(self.close())
+            return
+        log.info("session %s: %s; waiting %.0f s for the client to resume", self.id, why, seconds)
+        self._expiry = self.spawn(self._expire(seconds), "resume-wait")
+
+    def _close_peer(self, peer: Peer) -> None:
+        if peer.lost:
+            return
+        peer.lost = True
+        task = asyncio.get_running_loop().create_task(peer.close())
+        self._peer_closes.add(task)
+        task.add_done_callback(self._peer_closes.discard)
+
+    async def _expire(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        log.info("session %s: not resumed within %.0f s, closing", self.id, seconds)
+        await self.close()
+
+    def channel_opened(self, peer: Peer) -> None:
+        """A channel opened: ``ready`` (or ``resumed``) first, then what was emitted meanwhile."""
+        if peer is not self.peer or peer.lost:
+            return
+        if not peer.greeted:
+            peer.greeted = True
+            if not self._ready_sent:
+                self._ready_sent = True
+                self.emit("ready", session_id=self.id, pipelines=list(self.pipelines),
+                          resume_token=self.resume_token,
+                          resume_seconds=self.settings.resume_seconds if self.resume_token else 0)
+            else:
+                self.emit("resumed", session_id=self.id, pipelines=list(self.pipelines),
+                          queued=len(self._unsent), dropped=self._dropped)
+                self._dropped = 0
+        while self._unsent and peer.open():
+            peer.channel.send(self._unsent.popleft())
 
     async def _handle_message(self, message) -> None:
         msg = self.parse(message)
-        if msg is not None and not await self.handle_control(msg):
-            self.emit_error(None, f"unknown message type {msg['type']!r}; expected ping, text or config")
+        if msg is None:
+            return
+        if msg["type"] == "close":  # the client leaves for good: no waiting for it to resume
+            await self.close()
+        elif not await self.handle_control(msg):
+            self.emit_error(None, f"unknown message type {msg['type']!r}; expected ping, text, config or close")
 
     # --- outputs -------------------------------------------------------------------------------
-    def _flush(self) -> None:
-        """The channel is open: say ``ready`` first, then what was emitted before it opened."""
-        if not self._ready_sent:
-            self._ready_sent = True
-            self.emit("ready", session_id=self.id, pipelines=list(self.pipelines))
-        while self._unsent and self._channel_open():
-            self.channel.send(self._unsent.popleft())
-
-    def _channel_open(self) -> bool:
-        return self.channel is not None and self.channel.readyState == "open"
-
     def send(self, message: str) -> bool:
-        """On the data channel (queued briefly if it is not open yet)."""
-        if not self._channel_open():
+        """On the data channel (kept, bounded, while no channel is open)."""
+        if not self.peer.open():
+            if len(self._unsent) == MAX_UNSENT:  # the oldest falls out
+                self._dropped += 1
+                self.metrics.events_dropped.inc()
             self._unsent.append(message)
-        elif self.channel.bufferedAmount > MAX_CHANNEL_BACKLOG:
+        elif self.peer.channel.bufferedAmount > MAX_CHANNEL_BACKLOG:
             return False  # the client is not reading; don't grow without bound
         else:
-            self.channel.send(message)
+            self.peer.channel.send(message)
         return True
 
     def set_overlay(self, name: str, lines: list[str]) -> None:
@@ -137,20 +251,15 @@ class WebRTCSession(Session):
     # --- lifetime ------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
         """aiortc has no 'disconnected' state: a client that sends neither media nor messages
-        for ``heartbeat_timeout`` seconds is gone."""
+        for ``heartbeat_timeout`` seconds is gone (and may resume)."""
         while True:
             await asyncio.sleep(min(1.0, self.settings.heartbeat_timeout / 4))
-            if time.monotonic() - self.last_seen > self.settings.heartbeat_timeout:
-                log.info("session %s: no media or messages for %.0fs, closing", self.id,
-                         self.settings.heartbeat_timeout)
-                asyncio.get_running_loop().create_task(self.close())
-                return
-
-    async def _on_connection_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
-            await self.close()
+            if not self.peer.lost and time.monotonic() - self.last_seen > self.settings.heartbeat_timeout:
+                self.lost(self.peer, f"no media or messages for {self.settings.heartbeat_timeout:.0f}s")
 
     async def _release(self) -> None:
         self.audio_out.stop()
         self.video_out.stop()
-        await self.pc.close()
+        self.peer.lost = True
+        await self.peer.pc.close()
+        await asyncio.gather(*self._peer_closes, return_exceptions=True)

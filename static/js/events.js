@@ -22,6 +22,10 @@ export function handleEvent(msg) {
       }
       log('info', `ready: pipelines ${(msg.pipelines || []).join(', ') || 'none'}`, msg.t);
       return;
+    case 'resumed':
+      log('info', `resumed: the same session on a new connection; ${msg.queued} event(s) kept meanwhile` +
+          (msg.dropped ? `, ${msg.dropped} lost` : ''), msg.t);
+      return;
     case 'error': {
       const where = msg.pipeline ? `${msg.pipeline}: ` : '';
       const text = String(msg.message);

@@ -86,9 +86,10 @@ function describeCandidate(c) {
   };
 }
 
-// Reads run.pc's stats into window.mmsStats and the top bar; `final`: the last time, at teardown.
+// Reads the session's peer connection's stats into window.mmsStats and the top bar; `final`: the
+// last time, at teardown.
 export async function pollStats(run, final = false) {
-  const pc = run.pc;
+  const pc = run.client && run.client.pc;
   if (!pc || (run.stopped && !final) || pc.signalingState === 'closed') return;
   let report;
   try {

@@ -7,15 +7,16 @@
 //   controls(name): the pipeline's entry in the Pipelines list (for controls needed before Start);
 //   card(name): the result card (.value, .meter, .detail, .card-error);
 //   send(msg): a data-channel message; log(level, text, t); session(): {id, pipelines} or null;
+//   client(): the running session of mms-client.js (docs/client.md), or null;
 //   percent(score), summary(msg): text helpers; fetch(url, init): fetch with the page's credential.
 import {log, errorText} from './ui.js';
 import {card, cardSetup, percent, summary} from './cards.js';
 import {renderers} from './events.js';
-import {send, session} from './connection.js';
+import {send, session, client} from './connection.js';
 import {authFetch} from './auth.js';
 
 export const mms = window.mms = {
-  renderers, cardSetup, card, log, send, percent, summary, session, fetch: authFetch,
+  renderers, cardSetup, card, log, send, percent, summary, session, client, fetch: authFetch,
   controls: (name) => document.getElementById(`entry-${name}`),
 };
 

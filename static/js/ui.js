@@ -57,9 +57,9 @@ export function clearError() {
   el.error.textContent = '';
 }
 
-export function setState(state) {
+export function setState(state, label = state) {
   stats.state = state;
-  el.status.textContent = state;
+  el.status.textContent = label;
   el.status.dataset.state = state;
 }
 
