@@ -75,6 +75,10 @@ class AvatarClient:
     async def status(self, session_id: str) -> dict:
         return await self._request("GET", f"/api/avatar/sessions/{session_id}")
 
+    async def interrupt(self, session_id: str) -> dict:
+        """Stop the avatar's speech now; -> {"dropped_seconds", ...status}."""
+        return await self._request("POST", f"/api/avatar/sessions/{session_id}/interrupt")
+
     async def delete_session(self, session_id: str) -> dict:
         return await self._request("DELETE", f"/api/avatar/sessions/{session_id}")
 

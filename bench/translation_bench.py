@@ -66,7 +66,7 @@ class AudioOut:
     def queued_seconds(self) -> float:
         return max(0.0, self._play_end - time.monotonic())
 
-    def push_audio(self, samples, rate) -> bool:
+    def push_audio(self, samples, rate, source=None) -> bool:
         now, seconds = time.monotonic(), len(samples) / rate
         self.pushes.append((now, seconds, self.queued_seconds))
         self.unclaimed = self.pushes[-1]
@@ -75,6 +75,7 @@ class AudioOut:
 
     def clear_buffer(self):
         self._play_end = 0.0
+        return {}
 
 
 class BenchContext(PipelineContext):

@@ -9,6 +9,7 @@ is given (pipelines/context.py), whatever transport carries the session (WebRTC,
     outputs  context.emit(type, **fields)              a JSON event
              context.set_overlay(name, [lines])        text drawn on the returned video (if any)
              context.audio_out   AudioSink: push_audio / clear_buffer / queued_seconds / play clock
+             context.interrupt(reason)                 stop the session's speech (barge-in)
              context.video_out   VideoSink (``source`` replaces the picture), or None
              context.observe_inference(name, stage, s) a latency sample for /metrics
     between  context.publish(topic, item) / context.subscribe(topic) -> bounded asyncio.Queue
@@ -116,6 +117,14 @@ class Pipeline(abc.ABC):
     def end_of_input_silence(self) -> float:
         """Seconds of silence written after the last audio so the pipeline sees speech end."""
         return 0.0
+
+    def interrupt(self) -> dict | None:
+        """The client interrupted the speech the server plays (``interrupt`` message, REST, or a
+        pipeline's barge-in): drop what this pipeline still holds beyond the outbound track
+        (pending synthesis, fed audio). The track itself is already cleared. Returns None when it
+        held nothing, else extra fields of its ``interrupted`` event (``dropped_seconds`` is added
+        to what the track dropped of its speech). Runs on the event loop; must not block."""
+        return None
 
     async def close(self) -> None:
         """Release per-session resources (called after ``run`` is cancelled)."""

@@ -29,11 +29,12 @@ class AudioSink(Protocol):
     @property
     def queued_seconds(self) -> float: ...
 
-    def push_audio(self, samples: np.ndarray, sample_rate: int) -> bool:
-        """Queue float speech (-1..1); False (nothing queued) when the bounded queue is full."""
+    def push_audio(self, samples: np.ndarray, sample_rate: int, source: str | None = None) -> bool:
+        """Queue float speech (-1..1) on behalf of ``source`` (a pipeline's name); False (nothing
+        queued) when the bounded queue is full."""
 
-    def clear_buffer(self) -> None:
-        """Drop what is queued and not yet played."""
+    def clear_buffer(self) -> dict[str | None, float]:
+        """Drop what is queued and not yet played; seconds dropped per source."""
 
     def audio_around_clock(self, before: float, after: float) -> np.ndarray:
         """Samples (at ``sample_rate``) around the play position: ``before`` s played, ``after`` to come."""
@@ -87,6 +88,10 @@ class PipelineContext:
 
     def set_overlay(self, name: str, lines: list[str]) -> None:
         """Text drawn on the returned video; nothing where there is no video."""
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the session's speech now (what plays and what is queued), e.g. when the person
+        starts speaking again (barge-in); every pipeline's ``interrupt`` hook runs."""
 
     def observe_inference(self, pipeline: str, stage: str, seconds: float) -> None:
         self.metrics.inference.labels(pipeline, stage).observe(seconds)

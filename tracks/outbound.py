@@ -59,33 +59,42 @@ class SpeechAudioTrack(MediaStreamTrack):
         super().__init__()
         self.on_frame = on_frame
         self.max_samples = int(max_seconds * OUT_RATE)
-        self._chunks: deque[np.ndarray] = deque()  # int16 at OUT_RATE
+        self._chunks: deque[tuple[np.ndarray, str | None]] = deque()  # (int16 at OUT_RATE, who queued it)
         self._queued = 0
         self._pacer = Pacer(OUT_RATE)
         self.timestamp = 0  # samples sent so far: the track's play clock
         self.rejected_samples = 0
         # Read-only tap for lip sync (talking_head): the most recently sent frames, newest last.
         self.sent_frames: deque[np.ndarray] = deque(maxlen=10)  # 200 ms of int16 at OUT_RATE
+        self.tap: Callable[[AudioFrame], None] | None = None  # sees every sent frame (recording)
 
     @property
     def queued_seconds(self) -> float:
         return self._queued / OUT_RATE
 
-    def push_audio(self, samples: np.ndarray, sample_rate: int) -> bool:
-        """Queue float speech (-1..1) to play after what is already queued. Returns False (and
-        queues nothing) if it would overflow the bounded queue."""
+    def push_audio(self, samples: np.ndarray, sample_rate: int, source: str | None = None) -> bool:
+        """Queue float speech (-1..1) to play after what is already queued; ``source`` names who
+        queued it (a pipeline), for ``clear_buffer``. Returns False (and queues nothing) if it
+        would overflow the bounded queue."""
         pcm = to_pcm16(resample(samples, sample_rate, OUT_RATE))
         if self._queued + len(pcm) > self.max_samples:
             self.rejected_samples += len(pcm)
             return False
         if len(pcm):
-            self._chunks.append(pcm)
+            self._chunks.append((pcm, source))
             self._queued += len(pcm)
         return True
 
-    def clear_buffer(self) -> None:
+    def clear_buffer(self) -> dict[str | None, float]:
+        """Drop what is queued: the next frame sent is silence, and lips that follow the play
+        clock close (the recently sent frames are forgotten too). Returns seconds dropped per source."""
+        dropped: dict[str | None, float] = {}
+        for pcm, source in self._chunks:
+            dropped[source] = dropped.get(source, 0.0) + len(pcm) / OUT_RATE
         self._chunks.clear()
         self._queued = 0
+        self.sent_frames.clear()
+        return dropped
 
     def audio_around_clock(self, before: float = 0.02, after: float = 0.02) -> np.ndarray:
         """Float32 audio at OUT_RATE around the play clock: the last ``before`` seconds sent and
@@ -94,7 +103,7 @@ class SpeechAudioTrack(MediaStreamTrack):
         sent = list(self.sent_frames)
         past = np.concatenate(sent)[-int(before * OUT_RATE):] if sent and before > 0 else np.zeros(0, np.int16)
         ahead, need = [], int(after * OUT_RATE)
-        for chunk in list(self._chunks):
+        for chunk, _ in list(self._chunks):
             if need <= 0:
                 break
             ahead.append(chunk[:need])
@@ -105,14 +114,14 @@ class SpeechAudioTrack(MediaStreamTrack):
         out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         filled = 0
         while filled < FRAME_SAMPLES and self._chunks:
-            chunk = self._chunks[0]
+            chunk, source = self._chunks[0]
             take = min(FRAME_SAMPLES - filled, len(chunk))
             out[filled:filled + take] = chunk[:take]
             filled += take
             if take == len(chunk):
                 self._chunks.popleft()
             else:
-                self._chunks[0] = chunk[take:]
+                self._chunks[0] = (chunk[take:], source)
         self._queued -= filled
         return out
 
@@ -129,6 +138,8 @@ class SpeechAudioTrack(MediaStreamTrack):
         self.timestamp += FRAME_SAMPLES
         if self.on_frame:
             self.on_frame()
+        if self.tap:
+            self.tap(frame)
         return frame
 
 
@@ -177,6 +188,7 @@ class SynthVideoTrack(MediaStreamTrack):
         self._cache_key = None
         self._cache_image: np.ndarray | None = None
         self.sent = 0
+        self.tap: Callable[[VideoFrame], None] | None = None  # sees every sent frame (recording)
 
     def _compose(self) -> np.ndarray:
         lines = self.overlay()
@@ -211,4 +223,6 @@ class SynthVideoTrack(MediaStreamTrack):
         self.sent += 1
         if self.on_frame:
             self.on_frame()
+        if self.tap:
+            self.tap(frame)
         return frame

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipelines.talking_head.avatar_render import Pose, Rig, TorchWarper
 from pipelines.talking_head.face import Portrait, PortraitStore
-from pipelines.talking_head.visemes import MouthFilter, mouth_shape
+from pipelines.talking_head.visemes import CLOSED, MouthFilter, mouth_shape
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ class Avatar:
                     angle=1.0 * math.sin(2 * math.pi * 0.11 * t + p[0]) + 0.4 * math.sin(2 * math.pi * 0.29 * t + p[1]),
                     dx=1.5 * math.sin(2 * math.pi * 0.07 * t + p[2]),
                     dy=1.0 * math.sin(2 * math.pi * 0.13 * t + p[3]) + 1.0 * mouth.open)
+
+    def close_mouth(self) -> None:
+        """Speech was interrupted: shut the mouth now rather than letting it relax over frames."""
+        self.mouth.shape = CLOSED
 
     def render(self) -> np.ndarray:
         frame = self.rig.render(self.pose())

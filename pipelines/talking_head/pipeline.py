@@ -79,6 +79,7 @@ class TalkingHeadPipeline(Pipeline):
     requires = frozenset({"video_out"})
     avatar: Avatar | None = None  # the video source, once the portrait is ready
     _shared: TalkingHeadShared | None = None
+    _attached: AvatarSession | None = None  # drive "api": the REST avatar session shown
 
     @classmethod
     def shared_key(cls, settings):
@@ -124,7 +125,7 @@ class TalkingHeadPipeline(Pipeline):
                 if wanted != shown:
                     await self._show(shared, wanted)
                     shown = wanted
-                attached = self._attach(attached)
+                attached = self._attached = self._attach(attached)
                 if attached is not None:
                     self._feed_track(attached)
                 await asyncio.sleep(0.05)
@@ -193,12 +194,24 @@ class TalkingHeadPipeline(Pipeline):
             chunk = attached.take(int(0.1 * SAMPLE_RATE))
             if chunk is None:
                 break
-            if not out.push_audio(chunk, SAMPLE_RATE):
+            if not out.push_audio(chunk, SAMPLE_RATE, self.name):
                 attached.errors.append("viewer's audio track is full; audio dropped")
         attached.playing_seconds = out.queued_seconds
         if self.avatar is not None:
             attached.frames_generated = self.avatar.frames
         attached.touch()
+
+    def interrupt(self) -> dict | None:
+        """Speech stops: the mouth closes at once, and audio fed over REST and not yet moved onto
+        the track is dropped (the track's own queue is already cleared)."""
+        if self.avatar is not None:
+            self.avatar.close_mouth()
+        attached = self._attached
+        if attached is None or attached.viewer != self.context.id:
+            return None
+        attached.playing_seconds = 0.0
+        dropped = attached.drop()
+        return {"dropped_seconds": dropped, "avatar_session": attached.id} if dropped else None
 
     async def close(self) -> None:
         if self.avatar is not None and self._shared is not None and self._shared.ticker is not None:

@@ -3,6 +3,7 @@
     POST   /api/portraits                      upload a portrait (multipart or image/*)
     POST   /api/avatar/sessions                create an avatar session
     POST   /api/avatar/sessions/{id}/audio     feed audio (WAV, or raw PCM16 at ?sample_rate=)
+    POST   /api/avatar/sessions/{id}/interrupt stop its speech now (fed and queued audio dropped)
     GET    /api/avatar/sessions/{id}           status
     DELETE /api/avatar/sessions/{id}           delete
 Idle avatar sessions are removed after ``--talking-head-avatar-idle-timeout``, any after
@@ -91,6 +92,14 @@ class AvatarSession:
         self.buffered -= len(out)
         self.played += len(out)
         return out
+
+    def drop(self) -> float:
+        """Forget the fed audio not played yet (an interrupt); returns its seconds."""
+        seconds = self.buffered / SAMPLE_RATE
+        self.chunks.clear()
+        self.buffered = 0
+        self.touch()
+        return seconds
 
     @property
     def state(self) -> str:
@@ -348,6 +357,17 @@ def routes(cls, server) -> list:
         return web.json_response({"accepted_seconds": round(len(samples) / SAMPLE_RATE, 3),
                                   "source_sample_rate": source_rate, **session.status()}, status=202)
 
+    async def interrupt(request: web.Request) -> web.Response:
+        """Stop the avatar's speech: its viewer's session is interrupted (track cleared, mouth
+        closed, ``interrupted`` event); without a viewer the fed audio is dropped here."""
+        try:
+            session = avatar_sessions(server.models).get(request.match_info["id"])
+        except AvatarSessionError as exc:
+            return _error(exc.status, str(exc))
+        viewer = getattr(server, "sessions", {}).get(session.viewer) if session.viewer else None
+        dropped = viewer.interrupt("api") if viewer is not None else session.drop()
+        return web.json_response({"dropped_seconds": round(dropped, 3), **session.status()})
+
     async def delete_session(request: web.Request) -> web.Response:
         try:
             session = avatar_sessions(server.models).delete(request.match_info["id"])
@@ -360,5 +380,6 @@ def routes(cls, server) -> list:
         web.post("/api/avatar/sessions", create_session),
         web.get("/api/avatar/sessions/{id}", session_status),
         web.post("/api/avatar/sessions/{id}/audio", feed_audio),
+        web.post("/api/avatar/sessions/{id}/interrupt", interrupt),
         web.delete("/api/avatar/sessions/{id}", delete_session),
     ]

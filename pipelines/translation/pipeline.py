@@ -66,6 +66,7 @@ class TranslationPipeline(Pipeline):
         "min_silence": 0.3,  # seconds of silence that end an utterance
         "vad_threshold": 0.5,
         "stream_interval": 0.5,  # streaming: seconds between hypotheses (and at most one output each)
+        "barge_in": False,  # speaking again while a translation plays interrupts it (off: interpreters overlap)
     }
 
     def __init__(self, context, options=None):
@@ -74,6 +75,7 @@ class TranslationPipeline(Pipeline):
         self._utterance: Utterance | None = None
         self._count = 0
         self._busy = False  # the cascade is working on a job
+        self._epoch = 0  # interrupts so far: a job queued before the latest one is not spoken
         self.cursor: int | None = None  # next sample the segmenter reads (None until it starts)
 
     @classmethod
@@ -106,6 +108,8 @@ class TranslationPipeline(Pipeline):
             raise OptionError(f"translation: backend must be one of {list(BACKENDS)}, not {options['backend']!r}")
         self.check_ranges(options, {"min_silence": (0.1, 3, " seconds"), "vad_threshold": (0.05, 0.95, ""),
                                     "stream_interval": (0.25, 5, " seconds")})
+        if not isinstance(options["barge_in"], bool):
+            raise OptionError("translation: barge_in must be true or false")
         if options["voice"] is not None and (not isinstance(options["voice"], str)
                                              or not re.fullmatch(r"[+\w-]{1,40}", options["voice"])):
             raise OptionError("translation: voice must be an espeak-ng voice name like es-419 or +f3")
@@ -150,6 +154,7 @@ class TranslationPipeline(Pipeline):
                 if not speech:
                     preroll.append(chunk)
                     continue
+                self._barge_in()
                 self._count += 1
                 head = list(preroll)
                 preroll.clear()
@@ -177,6 +182,24 @@ class TranslationPipeline(Pipeline):
                 utterance.partial_requested = utterance.samples
                 self._queue(Job(utterance, utterance.audio(), False, dict(self.options)))
 
+    def _barge_in(self) -> None:
+        """Speech starts: with ``barge_in``, a translation still playing stops (the whole
+        session's speech is interrupted, as by the client's ``interrupt``)."""
+        out = self.context.audio_out
+        if self.options["barge_in"] and out is not None and out.queued_seconds > 0:
+            self.context.interrupt("barge_in")
+
+    def interrupt(self) -> dict | None:
+        """Speech was interrupted: utterances waiting for the cascade are dropped, and the one
+        being translated is not spoken (its captions still come)."""
+        self._epoch += 1
+        dropped = 0
+        while not self._jobs.empty():
+            dropped += self._jobs.get_nowait().final
+        if self._busy:
+            dropped += 1
+        return {"dropped_utterances": dropped} if dropped else None
+
     def _speculate(self, models: TranslationModels, utterance: Utterance) -> None:
         """Start recognising at the first silent hop instead of after ``min_silence``: if the pause
         turns out to end the utterance, its text is ready ~0.25 s sooner; if the speaker goes on,
@@ -199,6 +222,7 @@ class TranslationPipeline(Pipeline):
             self._queue(Job(utterance, utterance.audio(), True, dict(self.options)))
 
     def _queue(self, job: Job) -> None:
+        job.epoch = self._epoch
         try:
             self._jobs.put_nowait(job)
         except asyncio.QueueFull:
@@ -253,13 +277,13 @@ class TranslationPipeline(Pipeline):
         tts = await asyncio.to_thread(models.tts)
         samples, rate = await self._timed("tts", timings, tts.synthesize, text, job.options["target"],
                                           job.options["voice"])
-        return self._play(samples, rate, text)
+        return self._play(job, samples, rate, text)
 
-    def _play(self, samples: np.ndarray, rate: int, text: str) -> float:
-        if not len(samples):
+    def _play(self, job: Job, samples: np.ndarray, rate: int, text: str) -> float:
+        if not len(samples) or job.epoch != self._epoch:  # nothing, or interrupted meanwhile
             return 0.0
         # Queued after what is already playing: a new utterance never cuts the previous one.
-        if not self.context.audio_out.push_audio(samples, rate):
+        if not self.context.audio_out.push_audio(samples, rate, self.name):
             self.context.emit_error(self.name, "outbound audio queue is full; translated speech dropped")
             return 0.0
         self.context.publish("speech", {"samples": samples, "sample_rate": rate, "text": text})
@@ -380,6 +404,6 @@ class TranslationPipeline(Pipeline):
         source, target = job.options["source"], job.options["target"]
         result = await self._timed("s2st", timings, model.translate, job.audio, source, target)
         self._emit_transcript(job, result.source_text, True, dict(timings))
-        seconds = self._play(result.samples, result.sample_rate, result.text)
+        seconds = self._play(job, result.samples, result.sample_rate, result.text)
         self._emit_translation(job, result.source_text, result.text, True, timings,
                                audio_seconds=round(seconds, 3), **self._latency(job.utterance, seconds))

@@ -54,5 +54,6 @@ class Job:
     audio: np.ndarray
     final: bool
     options: dict
+    epoch: int = 0  # the pipeline's interrupt count when it was queued: older jobs are not spoken
 
 

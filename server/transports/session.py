@@ -5,6 +5,8 @@ The control protocol (the same on a WebRTC data channel and on a WebSocket):
     client  {"type": "ping", "id": ...}                               -> {"type": "pong", "id": ...}
     client  {"type": "text", "text": "..."}                           -> each pipeline's on_text
     client  {"type": "config", "pipeline": name, "options": {...}}    -> {"type": "config", ...}
+    client  {"type": "interrupt"}       -> speech stops; {"type": "interrupted", "pipeline", "dropped_seconds"}
+                                           per pipeline that had speech
     anything wrong -> {"type": "error", "pipeline": name | null, "message": ...}; the session goes on
 
 A transport subclasses ``Session``: it provides the media (``audio`` always; ``audio_out``,
@@ -144,7 +146,7 @@ class Session(PipelineContext):
         return msg
 
     async def handle_control(self, msg: dict) -> bool:
-        """ping, text and config; False for a type the control protocol does not know."""
+        """ping, text, config and interrupt; False for a type the control protocol does not know."""
         kind = msg["type"]
         if kind == "ping":
             self.emit("pong", id=msg.get("id"))
@@ -159,6 +161,8 @@ class Session(PipelineContext):
                     await self.guard(name, pipeline.on_text(text))
         elif kind == "config":
             self.configure(msg)
+        elif kind == "interrupt":
+            self.interrupt("client")
         else:
             return False
         return True
@@ -176,6 +180,32 @@ class Session(PipelineContext):
         except OptionError as exc:
             return self.emit_error(name, str(exc))
         self.emit("config", pipeline=name, options=self.pipelines[name].options)
+
+    def interrupt(self, reason: str) -> float:
+        """Stop the session's speech now: the outbound track drops what it has queued (its next
+        20 ms frame is silence), every pipeline's ``interrupt`` hook drops what it still holds,
+        and each pipeline that had speech gets an ``interrupted`` event. Returns the seconds dropped."""
+        dropped = self.audio_out.clear_buffer() if self.audio_out is not None else {}
+        total = 0.0
+        for name, pipeline in self.pipelines.items():
+            try:
+                fields = pipeline.interrupt()
+            except Exception as exc:  # a hook's bug must not stop the others
+                log.exception("interrupting pipeline %s failed in session %s", name, self.id)
+                self.emit_error(name, f"interrupt: {type(exc).__name__}: {exc}")
+                fields = None
+            seconds = dropped.pop(name, 0.0)
+            if fields is None and not seconds:
+                continue
+            fields = dict(fields or {})
+            seconds += fields.pop("dropped_seconds", 0.0)
+            total += seconds
+            self.emit("interrupted", pipeline=name, dropped_seconds=round(seconds, 3), reason=reason, **fields)
+        for source, seconds in dropped.items():  # speech queued by no active pipeline
+            if seconds > 0:
+                total += seconds
+                self.emit("interrupted", pipeline=source, dropped_seconds=round(seconds, 3), reason=reason)
+        return total
 
     # --- lifetime ----------------------------------------------------------------------------------
     async def expire(self, seconds: float) -> None:

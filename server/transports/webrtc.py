@@ -226,7 +226,7 @@ class WebRTCSession(Session):
         if msg["type"] == "close":  # the client leaves for good: no waiting for it to resume
             await self.close()
         elif not await self.handle_control(msg):
-            self.emit_error(None, f"unknown message type {msg['type']!r}; expected ping, text, config or close")
+            self.emit_error(None, f"unknown message type {msg['type']!r}; expected ping, text, config, interrupt or close")
 
     # --- outputs -------------------------------------------------------------------------------
     def send(self, message: str) -> bool:

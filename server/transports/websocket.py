@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -58,22 +59,31 @@ class SocketAudioOut:
         self._send = send
         self.sample_rate = sample_rate
         self._play_end = 0.0  # monotonic time the client finishes playing what was sent
+        self._sent: deque[tuple[float, float, str | None]] = deque(maxlen=1024)  # (play end, seconds, source)
 
     @property
     def queued_seconds(self) -> float:
         return max(0.0, self._play_end - time.monotonic())
 
-    def push_audio(self, samples: np.ndarray, sample_rate: int) -> bool:
+    def push_audio(self, samples: np.ndarray, sample_rate: int, source: str | None = None) -> bool:
         pcm = to_pcm16(resample(samples, sample_rate, self.sample_rate))
         seconds = len(pcm) / self.sample_rate
         if self.queued_seconds + seconds > MAX_AUDIO_QUEUE or not self._send(pcm.tobytes()):
             return False
         self._play_end = max(self._play_end, time.monotonic()) + seconds
+        self._sent.append((self._play_end, seconds, source))
         return True
 
-    def clear_buffer(self) -> None:
-        """What was sent cannot be called back; the client is told by the pipeline's events."""
+    def clear_buffer(self) -> dict[str | None, float]:
+        """What was sent cannot be called back: the client stops playing on the ``interrupted``
+        event. Returns the seconds it had not played yet, per source."""
+        now, dropped = time.monotonic(), {}
+        for end, seconds, source in self._sent:
+            if end > now:
+                dropped[source] = dropped.get(source, 0.0) + min(seconds, end - now)
+        self._sent.clear()
         self._play_end = 0.0
+        return dropped
 
     def audio_around_clock(self, before: float, after: float) -> np.ndarray:
         return np.zeros(0, np.float32)  # the client plays it: no play clock here
@@ -247,7 +257,7 @@ class SocketSession(Session):
                                       "send start_stream first")
             elif not await self.handle_control(message):
                 self.emit_error(None, f"unknown message type {kind!r}; expected start_stream, binary audio, "
-                                      "ping, text, config or stop_stream")
+                                      "ping, text, config, interrupt or stop_stream")
 
     async def _sign_in(self, msg) -> bool:
         """Authentication in the first message (browsers cannot set headers on a WebSocket)."""
