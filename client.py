@@ -95,8 +95,9 @@ class StreamClient:
     """One WebRTC session with the server: sends tracks, collects events and returned media."""
 
     def __init__(self, url: str = "http://127.0.0.1:8080", pipelines: list[str] | None = None,
-                 options: dict | None = None, token: str | None = None):
+                 options: dict | None = None, token: str | None = None, record: bool = False):
         self.url = url.rstrip("/")
+        self.record = record  # ask the server to record the session (its --record-dir)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}  # API key or session token
         self.pipelines = pipelines
         self.options = options or {}
@@ -156,6 +157,8 @@ class StreamClient:
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "options": self.options}
         if self.pipelines is not None:
             body["pipelines"] = self.pipelines
+        if self.record:
+            body["record"] = True
         if resume is not None:
             body = {"sdp": body["sdp"], "type": "offer", "resume": resume}
         async with aiohttp.ClientSession() as http:

@@ -19,6 +19,7 @@ from server.ice import restrict_ice_hosts
 from server.limits import CLIENT, AddressLimits
 from server.metrics import Metrics
 from server.resume import ResumeTokens
+from server import recording
 from server.transports.session import Session
 from server.transports.webrtc import WebRTCSession
 from server.turn import client_ice_servers
@@ -109,6 +110,7 @@ class MediaServer:
         app.router.add_get("/ice-servers", self.ice_servers_endpoint)
         app.router.add_get("/ws", self.socket_handler(pipelines_start(PIPELINES)))
         app.router.add_static("/static", STATIC)
+        app.router.add_routes(recording.routes(self))
         for cls in PIPELINES.values():
             app.router.add_routes([web.RouteDef(r.method, r.path, self._for_pipeline(cls.name, r.handler), r.kwargs)
                                    for r in cls.routes(self)])
@@ -267,6 +269,11 @@ class MediaServer:
             request[GRANT].check(names)
         except AuthError as exc:
             return error(exc.status, exc.message)
+        record = body.get("record", False)
+        if not isinstance(record, bool):
+            return error(400, '"record" must be true or false')
+        if record and not self.settings.record_dir:
+            return error(400, "this server does not record sessions (start it with --record-dir DIR)")
         if (problem := malformed_sdp(body["sdp"])) is not None:
             return error(400, problem)
         if (full := self.full(request.get(CLIENT))) is not None:
@@ -285,6 +292,10 @@ class MediaServer:
         if self.settings.resume_seconds > 0:
             session.resume_token = self.resume_tokens.token(session.id)
         self._opened(session, request.get(CLIENT))
+        if record:
+            session.record(recording.Recorder(
+                Path(self.settings.record_dir), session.id, list(session.pipelines),
+                int(self.settings.record_max_mb * 1024 * 1024), self.settings.record_max_seconds, session.emit))
         try:
             answer = await session.answer(RTCSessionDescription(sdp=body["sdp"], type="offer"))
         except Exception as exc:  # aiortc raises ValueError & co. for SDP it cannot use

@@ -59,6 +59,9 @@ class Settings:
     turn_urls: list[str] = field(default_factory=list)  # server/turn.py
     turn_secret: str = field(default="", repr=False)
     turn_ttl: float = 7200.0
+    record_dir: str = ""  # server/recording.py: offers with "record": true are recorded here
+    record_max_mb: float = 1024.0
+    record_max_seconds: float = 3600.0
     per_pipeline: dict[str, Any] = field(default_factory=_pipeline_settings, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -119,6 +122,10 @@ _ENV = {
                   "e.g. turn:turn.example.org:3478 (repeatable)"),
     "turn_secret": ("MMS_TURN_SECRET", "the TURN server's shared secret (coturn: static-auth-secret)"),
     "turn_ttl": ("MMS_TURN_TTL", "seconds the TURN credentials of GET /ice-servers are valid"),
+    "record_dir": ("MMS_RECORD_DIR", "folder where sessions whose offer asks \"record\": true are recorded "
+                   "(none: recording is refused)"),
+    "record_max_mb": ("MMS_RECORD_MAX_MB", "a recording stops at this size (MB; 0: no limit)"),
+    "record_max_seconds": ("MMS_RECORD_MAX_SECONDS", "a recording stops after this many seconds (0: no limit)"),
 }
 
 

@@ -34,18 +34,22 @@ class AudioResampler:
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)
 
 
-async def read_audio(track: MediaStreamTrack, ring: AudioRing, on_frame: Callable[[], None]) -> None:
+async def read_audio(track: MediaStreamTrack, ring: AudioRing, on_frame: Callable[[], None],
+                     tap: Callable[[av.AudioFrame], None] | None = None) -> None:
     resampler = AudioResampler(ring.sample_rate)
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
             return
+        if tap:  # before the ring: a recording's clock of this audio starts with its first frame
+            tap(frame)
         ring.write(resampler(frame))
         on_frame()
 
 
-async def read_video(track: MediaStreamTrack, latest: LatestFrame, on_frame: Callable[[], None]) -> None:
+async def read_video(track: MediaStreamTrack, latest: LatestFrame, on_frame: Callable[[], None],
+                     tap: Callable[[av.VideoFrame], None] | None = None) -> None:
     while True:
         try:
             frame = await track.recv()
@@ -53,3 +57,5 @@ async def read_video(track: MediaStreamTrack, latest: LatestFrame, on_frame: Cal
             return
         latest.put(frame)
         on_frame()
+        if tap:
+            tap(frame)

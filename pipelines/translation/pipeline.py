@@ -306,7 +306,9 @@ class TranslationPipeline(Pipeline):
     def _emit_transcript(self, job: Job, text: str, final: bool, timings: dict, **extra) -> None:
         language = job.options["source"]
         self.context.emit("transcript", text=text, final=final, language=language,
-                          utterance=job.utterance.number, audio_end_s=self._audio_end(job),
+                          utterance=job.utterance.number,
+                          audio_start_s=round(max(0, job.utterance.start) / SAMPLE_RATE, 3),
+                          audio_end_s=self._audio_end(job),
                           timings_ms=timings, **extra)
         if final:
             self.context.publish("transcript", {"text": text, "language": language, "final": True})

@@ -49,6 +49,7 @@ def _depth(value) -> int:
 
 class Session(PipelineContext):
     transport = "?"
+    recorder = None  # server/recording.py Recorder, when the session is recorded
 
     def __init__(self, settings, metrics, models, on_close: Callable[["Session"], None] | None = None):
         super().__init__(settings, metrics, models)
@@ -114,7 +115,10 @@ class Session(PipelineContext):
 
     # --- events ------------------------------------------------------------------------------------
     def emit(self, type: str, **fields) -> None:
-        if self.send(self.event_json(type, **fields)):
+        message = self.event_json(type, **fields)
+        if self.recorder is not None:
+            self.recorder.event(type, fields, message)
+        if self.send(message):
             self.metrics.events_out.labels(type).inc()
         else:
             self.metrics.events_dropped.inc()

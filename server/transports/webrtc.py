@@ -92,9 +92,11 @@ class Peer:
             counter.inc()
 
         if track.kind == "audio":
-            session.spawn(read_audio(track, session.audio, on_frame), "audio-in")
+            tap = session.recorder.person_audio if session.recorder else None
+            session.spawn(read_audio(track, session.audio, on_frame, tap), "audio-in")
         elif track.kind == "video":
-            session.spawn(read_video(track, session.camera, on_frame), "video-in")
+            tap = session.recorder.tap("person_video") if session.recorder else None
+            session.spawn(read_video(track, session.camera, on_frame, tap), "video-in")
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "events":
@@ -142,6 +144,14 @@ class WebRTCSession(Session):
     @property
     def closing(self) -> bool:
         return self._closing
+
+    def record(self, recorder) -> None:
+        """Record this session (before ``answer``: the inbound tracks are tapped as they arrive)."""
+        self.recorder = recorder
+        self.audio_out.tap = recorder.returned_audio
+        recorder.play_clock = lambda: self.audio_out.timestamp / self.audio_out.sample_rate
+        self.video_out.tap = recorder.tap("returned_video")
+        recorder.start()
 
     async def answer(self, offer) -> Any:
         answer = await self.peer.answer(offer)
@@ -258,6 +268,8 @@ class WebRTCSession(Session):
                 self.lost(self.peer, f"no media or messages for {self.settings.heartbeat_timeout:.0f}s")
 
     async def _release(self) -> None:
+        if self.recorder is not None:
+            await self.recorder.close()
         self.audio_out.stop()
         self.video_out.stop()
         self.peer.lost = True
