@@ -12,6 +12,7 @@
   ``stop_and_check_closed``, ``assert_no_page_errors``.
 * ``testing.server``: ``ServerProcess``, ``webrtc_server.py`` (or another server script) as a
   subprocess, always stopped.
+* ``testing.speech``: ``silence_after`` (when received speech falls silent) and ``loud_frames``.
 * ``testing.translation``: ``EN_TEXT``, ``SPANISH_WORDS``, ``words``, ``ws_session`` (a client of
   the WebSocket translation endpoints).
 * ``testing.fuzz``: ``explore`` (hypothesis examples run against the in-process server on the
