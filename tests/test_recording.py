@@ -16,7 +16,9 @@ import pytest
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
 from server.auth import mint_token
+from server.ice import restrict_ice_hosts
 from testing.media import espeak, load_audio
+from testing.net import LOOPBACK
 from testing.server import ServerProcess
 from testing.translation import EN_TEXT, SPANISH_WORDS, words
 
@@ -177,6 +179,7 @@ async def test_limits_and_write_errors_stop_the_recording_not_the_session(settin
 
 
 async def test_recording_of_a_killed_server_still_plays(tmp_path):
+    restrict_ice_hosts([LOOPBACK])  # this process's client too, as the in-process server does
     server = ServerProcess.script("recording", tmp_path / "server.log", "--pipelines", "gender",
                                   "--record-dir", str(tmp_path))
     speech = load_audio(espeak("en-us", EN_TEXT))
@@ -199,3 +202,35 @@ async def test_recording_of_a_killed_server_still_plays(tmp_path):
     assert level_at(streams["person audio"]["samples"], 0, 10) > 0.01
     events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
     assert events[0]["type"] == "recording" and events[0]["state"] == "started"
+
+
+async def test_a_writer_that_falls_behind_drops_frames_and_never_blocks(tmp_path, monkeypatch):
+    from server import recording
+
+    slow = recording._Files.write
+
+    def write(self, kind, item, at):
+        if kind.endswith("video"):
+            time.sleep(0.01)  # a slow disk or encoder
+        slow(self, kind, item, at)
+
+    monkeypatch.setattr(recording._Files, "write", write)
+    told: list[tuple[str, dict]] = []
+    recorder = recording.Recorder(tmp_path, "0" * 32, ["gender"], 0, 0, lambda type, **f: told.append((type, f)))
+    recorder.start()
+    frame = av.VideoFrame.from_ndarray(np.zeros((240, 320, 3), np.uint8), format="bgr24")
+    tap = recorder.tap("returned_video")
+    t0 = time.perf_counter()
+    for _ in range(1000):
+        tap(frame)
+    assert time.perf_counter() - t0 < 0.5  # handed over, not encoded, on the event loop
+    recorder.event("ping", {}, '{"type": "ping"}')  # events are kept even when media is dropped
+    await recorder.close()
+    assert recorder.dropped > 500
+    stopped = told[-1][1]
+    assert told[-1][0] == "recording" and stopped["state"] == "stopped" and stopped["dropped"] == recorder.dropped
+    lines = (tmp_path / ("0" * 32) / "events.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"type": "ping"} and json.loads(lines[-1])["dropped"] == recorder.dropped
+    with av.open(str(tmp_path / ("0" * 32) / "session.mkv")) as container:
+        video = [s for s in container.streams if s.metadata["title"] == "returned video"][0]
+        assert sum(1 for _ in container.decode(video)) == 1000 - recorder.dropped
