@@ -44,6 +44,8 @@ async def one(viewer: StreamClient, api: AvatarClient, sid: str, how: str) -> di
     deadline = time.monotonic() + 5
     while loud_frames(viewer.received["audio"], time.monotonic() - 0.3) < 10:  # speaking for 0.3 s
         if time.monotonic() > deadline:
+            print(f"{how}: the viewer did not hear the speech within 5 s: {await api.status(sid)}",
+                  file=sys.stderr, flush=True)
             return None
         await asyncio.sleep(0.05)
     harness.drain(viewer)
