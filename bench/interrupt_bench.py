@@ -40,6 +40,7 @@ SPEECH = (vowel(3.0) * 32767).astype("<i2").tobytes()
 
 
 async def one(viewer: StreamClient, api: AvatarClient, sid: str, how: str) -> dict | None:
+    viewer.send({"type": "ping"})  # a receive-only viewer's heartbeat (the server closes silent ones)
     await api.feed_audio(sid, SPEECH)
     deadline = time.monotonic() + 5
     while loud_frames(viewer.received["audio"], time.monotonic() - 0.3) < 10:  # speaking for 0.3 s
