@@ -55,6 +55,7 @@ AUDIO_RATE = 48000
 QUEUE = 256  # media frames waiting for the writer thread (~2.5 s of the four streams) before drops
 VIDEO_QUEUE = 192  # beyond this many, video frames are dropped first (audio gaps are worse)
 TEXT_QUEUE = 1024  # room kept for events and captions, which media never takes
+NEW_CLOCK = 10.0  # seconds between an inbound audio frame's place on its clock and its arrival: a new clock
 RESYNC = 0.01  # seconds of audio missing (frames dropped, a pause) that leave a gap in the recording
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
 STREAMS = ("person_audio", "person_video", "returned_audio", "returned_video")
@@ -301,7 +302,7 @@ class _Files:
         if frame.pts is not None and frame.time_base:
             t = float(frame.pts * frame.time_base)
             origin = self.origins.setdefault(name, at - t)
-            if abs(origin + t - at) > 1.0:  # a new clock (the client resumed on a new connection)
+            if name == "person_audio" and abs(origin + t - at) > NEW_CLOCK:  # the client resumed: new RTP clock
                 origin = self.origins[name] = at - t
             clock = int((origin + t) * AUDIO_RATE)
         if clock - self.next_pts[name] > RESYNC * AUDIO_RATE:  # frames dropped, or a pause: a gap
