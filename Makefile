@@ -16,10 +16,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LOCK   := requirements.lock
 UV     := $(VENV)/bin/uv
 
-.PHONY: run test bench setup system-deps sync check-env lock clean
+MEDIA_SERVERS ?= 2
+
+.PHONY: run test bench cluster setup system-deps sync check-env lock clean
 
 run: setup check-env
 	$(PY) webrtc_server.py --host $(HOST) --port $(PORT) --preload all $(if $(HTTPS),--tls-self-signed)
+
+# A local cluster (README, "Scaling out"): a Ray head with the models, MEDIA_SERVERS media servers and
+# HAProxy on PORT, all on 127.0.0.1, in the foreground; Ctrl-C stops everything it started.
+cluster: setup check-env
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m server.cluster --port $(PORT) --media-servers $(MEDIA_SERVERS) \
+	  -- --preload all
 
 test: setup check-env
 	$(PY) -m pytest -q tests

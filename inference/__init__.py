@@ -2,8 +2,12 @@
 
     registry.py   ModelRegistry: the server's models, loaded once, closed at shutdown
     batching.py   Batcher: the in-process Model (a collector task and one worker thread)
+    spec.py       ModelSpec: how to build a model anywhere (factory + plain settings)
+    remote.py     RayModel: a Model served by a Ray Serve deployment (--inference ray)
+    serve.py      python -m inference.serve deploy|status: the Serve applications of a cluster
 """
-from inference.batching import Batcher, Overloaded
+from inference.batching import Batcher, InferenceError, ModelUnavailable, Overloaded
 from inference.registry import Model, ModelRegistry
+from inference.spec import ModelSpec
 
-__all__ = ["Batcher", "Model", "ModelRegistry", "Overloaded"]
+__all__ = ["Batcher", "InferenceError", "Model", "ModelRegistry", "ModelSpec", "ModelUnavailable", "Overloaded"]

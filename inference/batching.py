@@ -14,8 +14,17 @@ from typing import Any, Callable, Sequence
 PredictFn = Callable[[Sequence[Any]], Sequence[Any]]
 
 
-class Overloaded(Exception):
+class InferenceError(Exception):
+    """A result the model could not give; the caller reports it (an ``error`` event) and carries on."""
+
+
+class Overloaded(InferenceError):
     """More requests are waiting than the model's bounded queue holds; the caller reports it."""
+
+
+class ModelUnavailable(InferenceError):
+    """A remote model did not answer (its replica died, or the cluster is unreachable); later
+    calls may succeed once the engine has replaced it."""
 
 
 class Batcher:

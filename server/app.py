@@ -99,6 +99,7 @@ class MediaServer:
         self._background: list[asyncio.Task] = []
         self.ready = False  # the models to preload are loaded (or failed, and sessions will say so)
         self.draining = False  # SIGTERM: new sessions are refused while the current ones finish
+        self.server_id = settings.server_id or f"{settings.host}:{settings.port}"  # behind a balancer
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes,
@@ -126,6 +127,9 @@ class MediaServer:
         # Load models now, so the first visitor doesn't wait for them: one pipeline after another
         # (loading in parallel would only fight over the GIL).
         self._background.append(loop.create_task(self.preload(), name="preload"))
+        if self.settings.agent_port:  # HAProxy's agent-check: this server's free capacity (server/balancer.py)
+            from server.balancer import serve_agent
+            self._background.append(loop.create_task(serve_agent(self), name="balancer-agent"))
 
     async def preload(self) -> None:
         preload = self.settings.preload or self.settings.pipelines
@@ -214,13 +218,17 @@ class MediaServer:
             await asyncio.sleep(0.1)
 
     async def health(self, request: web.Request) -> web.Response:
-        status, code = ("draining", 503) if self.draining else ("ok", 200)
+        # 503 tells a balancer to send no new sessions here (server/balancer.py)
+        status, code = (("draining", 503) if self.draining else
+                        ("full", 503) if len(self.sessions) >= self.settings.max_sessions else ("ok", 200))
         if self.security.enabled and request.get(GRANT) is None:  # public: only what a balancer needs
             return web.json_response({"status": status, "ready": self.ready, "sessions": len(self.sessions),
-                                      "max_sessions": self.settings.max_sessions, "auth": "required"},
-                                     status=code)
+                                      "max_sessions": self.settings.max_sessions, "server_id": self.server_id,
+                                      "auth": "required"}, status=code)
         return web.json_response(status=code, data={
             "status": status,
+            "server_id": self.server_id,
+            "inference": self.models.describe(),  # where the models run: local, or which in Ray
             "ready": self.ready,  # --preload finished: the first sessions will not wait for models
             "sessions": len(self.sessions),
             "sessions_by_transport": {t: sum(s.transport == t for s in self.sessions.values())
@@ -303,7 +311,8 @@ class MediaServer:
             await session.close()
             return error(400, f"malformed SDP: {exc}")
         log.info("session %s started with pipelines %s", session.id, list(session.pipelines))
-        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id,
+                                  "server_id": self.server_id})
 
     async def resume(self, request: web.Request, body: dict) -> web.Response:
         """``POST /offer`` with ``{"resume": token}``: a new peer connection for a WebRTC session
@@ -327,4 +336,5 @@ class MediaServer:
         except Exception as exc:  # aiortc raises ValueError & co. for SDP it cannot use
             log.info("bad resume offer: %s", exc)
             return error(400, f"malformed SDP: {exc}")
-        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id,
+                                  "server_id": self.server_id})

@@ -62,6 +62,16 @@ class Settings:
     record_dir: str = ""  # server/recording.py: offers with "record": true are recorded here
     record_max_mb: float = 1024.0
     record_max_seconds: float = 3600.0
+    # Scaling out (inference/remote.py, README "Scaling out")
+    server_id: str = ""  # this media server's name behind a balancer (default HOST:PORT)
+    inference: str = "local"  # local | ray
+    ray_address: str = ""
+    remote_models: list[str] = field(default_factory=list)  # empty: every model that has a spec
+    ray_max_replicas: int = 2
+    ray_replica_cpus: float = 1.0
+    ray_replica_gpus: float = 0.0
+    ray_batch_wait: float = 0.0  # seconds a replica waits to fill a batch (0: the model's own)
+    agent_port: int = 0  # HAProxy agent-check port (0: none)
     per_pipeline: dict[str, Any] = field(default_factory=_pipeline_settings, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -126,6 +136,20 @@ _ENV = {
                    "(none: recording is refused)"),
     "record_max_mb": ("MMS_RECORD_MAX_MB", "a recording stops at this size (MB; 0: no limit)"),
     "record_max_seconds": ("MMS_RECORD_MAX_SECONDS", "a recording stops after this many seconds (0: no limit)"),
+    "server_id": ("MMS_SERVER_ID", "this media server's name, given in /health and /offer answers and used "
+                  "by the balancer to keep a client on it (default HOST:PORT)"),
+    "inference": ("MMS_INFERENCE", "where shared models run: local (in this process) or ray (a Ray Serve cluster)"),
+    "ray_address": ("MMS_RAY_ADDRESS", "the Ray cluster, HOST:PORT of its head (--inference ray)"),
+    "remote_models": ("MMS_REMOTE_MODELS", "models served by Ray, e.g. gender,emotion-text,translation-mt "
+                      "(repeatable; default: every model that can be)"),
+    "ray_batch_wait": ("MMS_RAY_BATCH_WAIT", "seconds a model replica waits to fill a batch (0: each model's own, "
+                       "tens of ms; more: bigger batches, e.g. on a GPU)"),
+    "agent_port": ("MMS_AGENT_PORT", "port on HOST where HAProxy's agent-check reads this server's free "
+                   "capacity as a weight (0: off; server/balancer.py)"),
+    "ray_max_replicas": ("MMS_RAY_MAX_REPLICAS", "most replicas Ray Serve scales each model deployment to"),
+    "ray_replica_cpus": ("MMS_RAY_REPLICA_CPUS", "CPUs one model replica reserves (num_cpus; may be a fraction)"),
+    "ray_replica_gpus": ("MMS_RAY_REPLICA_GPUS", "GPUs one model replica reserves (num_gpus; a fraction shares "
+                         "a GPU; default 0, or 0.25 with --device cuda)"),
 }
 
 
@@ -183,5 +207,10 @@ def parse_settings(argv: list[str] | None = None, environ: dict[str, str] | None
                 parser.error(f"--{name}-{f.name}".replace("_", "-") + f" must be one of {list(choices)}, not {value!r}")
     if settings.device not in ("cpu", "cuda") and not settings.device.startswith("cuda:"):
         parser.error(f"--device must be cpu or cuda, not {settings.device!r}")
+    if settings.inference not in ("local", "ray"):
+        parser.error(f"--inference must be local or ray, not {settings.inference!r}")
+    if settings.inference == "ray" and not settings.ray_address:
+        parser.error("--inference ray needs --ray-address HOST:PORT (the Ray head)")
+    settings.server_id = settings.server_id or f"{settings.host}:{settings.port}"
     settings.log_level = settings.log_level.upper()
     return settings

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from inference import Model
+from inference import Model, ModelSpec
 from pipelines.common.vad import SileroVAD
 from pipelines.emotion.cbt import ResponseGenerator
-from pipelines.emotion.face_expression import make_face_backend
-from pipelines.emotion.prosody import MfccExtractor, TransformersVoiceEmotion
-from pipelines.emotion.text_emotion import PrototypeTextEmotion, SentenceEncoder, TransformersTextEmotion
+from pipelines.emotion.face_expression import FerExpression, TransformersExpression
+from pipelines.emotion.prosody import MfccExtractor
+from pipelines.emotion.text_emotion import SentenceEncoder
 
 
 @dataclass
@@ -27,47 +27,43 @@ class EmotionSettings:
 
 @dataclass
 class EmotionModels:
-    face: object
+    face_backend: str  # its name
     face_model: Model
     vad: SileroVAD
     mfcc: MfccExtractor
-    voice: TransformersVoiceEmotion | None  # None: the prosody heuristic (per session)
-    voice_model: Model | None
-    text: object  # PrototypeTextEmotion | TransformersTextEmotion
+    voice_model: Model | None  # None: the prosody heuristic (per session)
     text_model: Model
     encoder: SentenceEncoder | None  # sentence embeddings for the fusion network
     fusion_net: object | None
     generator: ResponseGenerator | None
 
 
-def _frames_to_images(backend):
-    """The face backend's predict over (camera, frame, last face box) items; the colour
-    conversion runs on the model's worker thread through the camera's shared, thread-safe converter."""
-    def predict(items):
-        return backend.predict([(camera.to_array(frame), near) for camera, frame, near in items])
-    return predict
+def _frame_to_image(item):
+    """(camera, frame, last face box) -> (image, last face box): the colour conversion runs on a
+    worker thread through the camera's shared, thread-safe converter, before the batch."""
+    camera, frame, near = item
+    return camera.to_array(frame), near
 
 
 def load_models(s: EmotionSettings, device: str, registry) -> EmotionModels:
     """Every model the emotion sessions of a server share; the three that sessions call per
-    frame, clip or sentence are batched ``Model``s."""
-    face = make_face_backend(s.face_model, device)
-    voice = TransformersVoiceEmotion(s.voice_model, device) if s.voice_model else None
-    encoder = None
-    if s.text_model:
-        text = TransformersTextEmotion(s.text_model, device)
-    else:
-        text = PrototypeTextEmotion(device=device)
-        encoder = text.encoder
-    fusion_net = None
+    frame, clip or sentence are batched ``Model``s, each built from a ``ModelSpec`` (here, or in
+    a Ray Serve replica with ``--inference ray``)."""
+    face = ModelSpec.of("pipelines.emotion.face_expression:make_face_backend", model=s.face_model, device=device)
+    voice = ModelSpec.of("pipelines.emotion.prosody:TransformersVoiceEmotion", model=s.voice_model, device=device)
+    text = (ModelSpec.of("pipelines.emotion.text_emotion:TransformersTextEmotion", model=s.text_model, device=device)
+            if s.text_model else ModelSpec.of("pipelines.emotion.text_emotion:PrototypeTextEmotion", device=device))
+    fusion_net = encoder = None
     if s.fusion_weights:
         from pipelines.emotion import fusion_net as fn
         fusion_net = fn.load(s.fusion_weights)
-        encoder = encoder or SentenceEncoder(device)
+        if s.text_model:  # the MiniLM + VADER estimates carry their sentence embedding already
+            encoder = SentenceEncoder(device)
     return EmotionModels(
-        face=face, face_model=registry.model("emotion-face", _frames_to_images(face), max_batch=16),
-        vad=SileroVAD(), mfcc=MfccExtractor(), voice=voice,
-        voice_model=registry.model("emotion-voice", voice.predict, max_batch=8) if voice else None,
-        text=text, text_model=registry.model("emotion-text", text.predict, max_batch=32),
-        encoder=encoder if fusion_net is not None else None, fusion_net=fusion_net,
+        face_backend=(TransformersExpression if s.face_model else FerExpression).name,
+        face_model=registry.model("emotion-face", spec=face, prepare=_frame_to_image, max_batch=16),
+        vad=SileroVAD(), mfcc=MfccExtractor(),
+        voice_model=registry.model("emotion-voice", spec=voice, max_batch=8) if s.voice_model else None,
+        text_model=registry.model("emotion-text", spec=text, max_batch=32),
+        encoder=encoder, fusion_net=fusion_net,
         generator=ResponseGenerator(s.response_model, device) if s.response_model else None)

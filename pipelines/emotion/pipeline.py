@@ -33,7 +33,7 @@ from pipelines.emotion.fusion import (INDEX, LABELS, Estimate, LabelHysteresis, 
                                      fuse)
 from pipelines.emotion.prosody import ProsodyBaseline, prosody_features
 from pipelines.emotion.text_emotion import crisis_terms
-from inference import Overloaded
+from inference import InferenceError
 from media.audio import SAMPLE_RATE
 
 
@@ -142,8 +142,8 @@ class EmotionPipeline(Pipeline):
             try:
                 near = tuple(self.face.detail["box"]) if self.face is not None else None
                 result = await self.models.face_model.predict((camera, frame, near))
-            except Overloaded:
-                self.context.emit_error(self.name, "face stage is overloaded; frame skipped")
+            except InferenceError as exc:
+                self.context.emit_error(self.name, f"face stage: {exc}; frame skipped")
                 continue
             self.context.observe_inference(self.name, "face", time.perf_counter() - t0)
             now = time.monotonic()
@@ -162,7 +162,7 @@ class EmotionPipeline(Pipeline):
             probs = self.face_smoother.update(result.probs, now)
             x, y, w, h = result.box
             self.face = Estimate(probs, 0.3 + 0.7 * certainty(probs, result.covers), result.covers,
-                                 {"backend": self.models.face.name, "box": [x, y, w, h],
+                                 {"backend": self.models.face_backend, "box": [x, y, w, h],
                                   "frame_label": LABELS[int(np.argmax(result.probs))]})
             self.face_time = now
             if self.face.label != previous:
@@ -210,8 +210,8 @@ class EmotionPipeline(Pipeline):
         if self.models.voice_model is not None:
             try:
                 estimate = await self.models.voice_model.predict(recent)
-            except Overloaded:
-                return self.context.emit_error(self.name, "voice classifier is overloaded; result skipped")
+            except InferenceError as exc:
+                return self.context.emit_error(self.name, f"voice classifier: {exc}; result skipped")
         else:
             features = await asyncio.to_thread(prosody_features, recent)
             if features is None:
@@ -247,8 +247,8 @@ class EmotionPipeline(Pipeline):
         t0 = time.perf_counter()
         try:
             estimate = await self.models.text_model.predict(text)
-        except Overloaded:
-            return self.context.emit_error(self.name, "text classifier is overloaded; text skipped")
+        except InferenceError as exc:
+            return self.context.emit_error(self.name, f"text classifier: {exc}; text skipped")
         embedding = estimate.detail.pop("embedding", None)
         if self.models.fusion_net is not None and embedding is None:
             embedding = (await asyncio.to_thread(self.models.encoder, [text]))[0]

@@ -26,7 +26,7 @@ from pipelines.base import Pipeline
 from pipelines.common.audio_classifier import AudioClassifier, softmax
 from pipelines.common.pitch import yin
 from pipelines.common.vad import SileroVAD
-from inference import Model, Overloaded
+from inference import InferenceError, Model, ModelSpec
 from media.audio import SAMPLE_RATE
 
 HOP = 0.128  # seconds of audio read per step (4 VAD chunks)
@@ -103,8 +103,8 @@ def make_backend(name: str, model: str, device: str):
 @dataclass
 class GenderModels:
     vad: SileroVAD
-    backend: object
-    classifier: Model  # backend.predict, batched across sessions
+    backend: str  # its name
+    classifier: Model  # the backend's predict, batched across sessions (in this process or in Ray)
 
 
 @dataclass
@@ -132,8 +132,13 @@ class GenderPipeline(Pipeline):
 
     @classmethod
     def load_shared(cls, settings, registry) -> GenderModels:
-        backend = make_backend(settings.gender.backend, settings.gender.model, settings.device)
-        return GenderModels(SileroVAD(), backend, registry.model(cls.name, backend.predict, max_batch=32))
+        s = settings.gender
+        if s.backend == "pitch":  # a few ms of numpy per clip: not worth a trip to another process
+            classifier = registry.model(cls.name, PitchGender().predict, max_batch=32)
+        else:
+            spec = ModelSpec.of(f"{__name__}:make_backend", name=s.backend, model=s.model, device=settings.device)
+            classifier = registry.model(cls.name, spec=spec, max_batch=32)
+        return GenderModels(SileroVAD(), s.backend, classifier)
 
     def validate(self, options):
         self.check_ranges(options, {"interval": (0.2, 30, " seconds"), "window": (0.5, 10, " seconds"),
@@ -169,12 +174,12 @@ class GenderPipeline(Pipeline):
         t0 = time.perf_counter()
         try:
             result: GenderResult = await models.classifier.predict(clip)
-        except Overloaded:
-            self.context.emit_error(self.name, "classifier is overloaded; result skipped")
+        except InferenceError as exc:
+            self.context.emit_error(self.name, f"classifier: {exc}; result skipped")
             return
         latency = time.perf_counter() - t0
-        self.context.observe_inference(self.name, models.backend.name, latency)
+        self.context.observe_inference(self.name, models.backend, latency)
         self.context.emit("gender", label=result.label, score=round(result.score, 3),
-                          backend=models.backend.name, speech_seconds=round(len(clip) / SAMPLE_RATE, 2),
+                          backend=models.backend, speech_seconds=round(len(clip) / SAMPLE_RATE, 2),
                           latency_ms=round(latency * 1000, 1), **result.detail)
         self.context.set_overlay(self.name, [f"voice: {result.label} {result.score:.0%}"])

@@ -1,0 +1,58 @@
+"""The Serve applications of a Ray cluster, ahead of the media servers that use them.
+
+    python -m inference.serve deploy --ray-address HOST:PORT [media-server flags...]
+    python -m inference.serve status --ray-address HOST:PORT
+
+``deploy`` takes the media server's own flags (``--preload``, ``--remote-models``, the pipelines'
+model settings, ``--device``, ``--ray-*``) and deploys every remote model those pipelines use,
+exactly as a media server with the same flags would on its first session; ``status`` prints each
+model application's state and its replicas' batch statistics.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+from inference.registry import ModelRegistry
+from pipelines import PIPELINES
+from server.config import parse_settings
+
+
+def deploy(argv: list[str]) -> None:
+    settings = parse_settings(["--inference", "ray", *argv])
+    registry = ModelRegistry(settings)
+    names = settings.preload or settings.pipelines
+    for name in (list(PIPELINES) if "all" in names else names):
+        registry.load(PIPELINES[name])  # each remote model's application is deployed on the way
+    print(json.dumps(registry.describe()))
+    asyncio.run(registry.close())
+
+
+def status(argv: list[str]) -> None:
+    from ray import serve
+    from inference.remote import RayCluster
+    settings = parse_settings(["--inference", "ray", *argv])
+    RayCluster(settings)
+    report = {}
+    for app, state in serve.status().applications.items():
+        report[app] = {"status": str(state.status)}
+        if state.status == "RUNNING":
+            try:
+                report[app]["replica"] = serve.get_app_handle(app).stats.remote().result(timeout_s=10)
+            except Exception as exc:  # an application that is not ours
+                report[app]["replica"] = repr(exc)
+    print(json.dumps(report, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("deploy", "status"):
+        sys.exit(__doc__)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    {"deploy": deploy, "status": status}[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()
