@@ -10,8 +10,11 @@ the page, ``POST /offer``, WebSockets, the REST avatar API. It sends
 * everything else of a client to the server that holds its sessions: HAProxy sets the cookie
   ``MMS_SERVER`` to the server's name (= its ``--server-id``); clients without cookies send the
   header ``X-MMS-Server: <server_id>`` (``server_id`` is in every ``/offer`` answer and in
-  ``/health``). REST avatar sessions and portraits (``/api/...``) stay on their server even
-  while it is full.
+  ``/health``). REST avatar sessions and portraits (``/api/...``) and resume offers stay on their
+  server even while it is full.
+
+Media servers behind it take ``--trusted-proxy <HAProxy's address>`` so that their per-address
+limits see the client's address (``X-Forwarded-For``).
 
 ``python -m server.balancer NAME=HOST:PORT[@AGENT_PORT] ... --port 8080`` prints a configuration
 for servers on several machines; ``make cluster`` (server/cluster.py) writes one for its own.
@@ -57,12 +60,15 @@ def haproxy_config(servers: list[tuple[str, str, int, int]], *, bind: str = "127
         "# Media servers behind HAProxy (server/balancer.py generated this).",
         "global",
         "    maxconn 4096",
+        "    log stdout format raw local0 notice  # state changes and errors, on its output",
         "defaults",
         "    mode http",
+        "    log global",
         "    timeout connect 5s",
         "    timeout client 1h",
         "    timeout server 1h",
         "    timeout tunnel 1h  # WebSockets",
+        "    timeout check 5s  # a busy server answers its health check late, not never",
         "frontend mms",
         f"    bind {bind}:{port}",
         "    default_backend media",
@@ -71,9 +77,12 @@ def haproxy_config(servers: list[tuple[str, str, int, int]], *, bind: str = "127
         "    option httpchk GET /health  # 503 when full or draining: no new sessions there",
         "    http-check expect status 200",
         "    option redispatch",
+        "    option forwardfor  # the client's address, for the servers' per-address limits (--trusted-proxy)",
+        "    option http-buffer-request  # to see a resume offer's body",
         "    cookie MMS_SERVER insert indirect nocache httponly",
-        "    force-persist if { path_beg /api/ }  # REST avatar sessions, portraits: where they live",
-        f"    default-server inter {check_interval} fall 2 rise 1",
+        "    # REST avatar sessions, portraits, resumed WebRTC sessions: to their server, even when it is full",
+        "    force-persist if { path_beg /api/ } || { path /offer } { req.body -m sub \"resume\" }",
+        f"    default-server inter {check_interval} fall 3 rise 1",
     ]
     for name, *_ in servers:
         lines.append(f"    use-server {name} if {{ req.hdr(x-mms-server) -m str {name} }}")

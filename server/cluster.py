@@ -265,6 +265,13 @@ class LocalCluster:
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         self.haproxy = self._start("haproxy", [haproxy, "-db", "-f", str(config)])
         wait_port(LOOPBACK, self.port, self.haproxy, 30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # HAProxy's checks found the servers up
+            with contextlib.suppress(OSError, ValueError):
+                if health(self.url)[0] == 200:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"HAProxy found no media server up within 60 s:\n{self.haproxy.log_tail()}")
 
     def wait_healthy(self, name: str, url: str) -> dict:
         deadline = time.monotonic() + self.startup_timeout
