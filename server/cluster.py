@@ -174,7 +174,8 @@ class LocalCluster:
 
     def __init__(self, port: int = 8080, media_servers: int = 2, *, num_cpus: int = 2, ray_port: int = 0,
                  server_args: list[str] = (), workdir: Path | None = None, startup_timeout: float = 300.0,
-                 log_level: str = "WARNING"):
+                 log_level: str = "WARNING", agent_check: bool = True):
+        self.fixed_ports = bool(port)
         self.port = port or free_port()
         self.count = media_servers
         self.num_cpus = num_cpus
@@ -182,6 +183,7 @@ class LocalCluster:
         self.ray_address = f"{LOOPBACK}:{self.ray_port}"
         self.server_args = list(server_args)
         self.log_level = log_level
+        self.agent_check = agent_check  # HAProxy weighs servers by free capacity (else: round robin)
         self.startup_timeout = startup_timeout
         # Short: Ray's unix sockets live under it (their paths have a length limit)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mms-"))
@@ -251,7 +253,9 @@ class LocalCluster:
             raise RuntimeError(f"deploying the Serve applications failed ({rc}):\n{deploy.log_tail()}")
         servers = []
         for i in range(1, self.count + 1):
-            name, port, agent = f"m{i}", self.port + i, free_port()
+            # PORT+i as documented when PORT was given; free ports otherwise (tests: PORT+i may be taken)
+            port = self.port + i if self.fixed_ports else free_port()
+            name, agent = f"m{i}", (free_port() if self.agent_check else 0)
             self.media[name] = self._start(name, [
                 sys.executable, "webrtc_server.py", "--host", LOOPBACK, "--port", str(port),
                 "--ice-host", LOOPBACK, "--server-id", name, "--agent-port", str(agent), *self.server_flags()])
