@@ -17,6 +17,7 @@ from server.auth import GRANT, AuthError, Security
 from server.config import Settings
 from server.ice import restrict_ice_hosts
 from server.limits import CLIENT, AddressLimits
+from server.load import RETRY_AFTER, LoadMonitor, process_figures
 from server.metrics import Metrics
 from server.resume import ResumeTokens
 from server import recording
@@ -82,6 +83,7 @@ class MediaServer:
         self.metrics = Metrics()
         self.models = ModelRegistry(settings, self.metrics)
         self.sessions: dict[str, Session] = {}  # every transport's, counted once against max_sessions
+        self.load = LoadMonitor(settings, self.metrics, self.sessions.values)
         self.started = time.monotonic()
         self.rtc_configuration = RTCConfiguration(iceServers=ice_servers(settings))
         self.security = Security(settings)  # raises ValueError: a public address without auth
@@ -123,6 +125,7 @@ class MediaServer:
     async def _on_startup(self, app) -> None:
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self.metrics.monitor_loop_lag(), name="loop-lag"))
+        self._background.append(loop.create_task(self.load.run(), name="load"))
         # Load models now, so the first visitor doesn't wait for them: one pipeline after another
         # (loading in parallel would only fight over the GIL).
         self._background.append(loop.create_task(self.preload(), name="preload"))
@@ -146,10 +149,16 @@ class MediaServer:
     # --- sessions, whatever their transport ---------------------------------------------------------
     def full(self, client: str | None = None) -> web.Response | None:
         if self.draining:
+            self.load.refused.labels("draining").inc()
             return web.json_response({"error": "server is shutting down; try again shortly"}, status=503,
                                      headers={"Retry-After": str(int(self.settings.drain_seconds) + 1)})
         if len(self.sessions) >= self.settings.max_sessions:
+            self.load.refused.labels("full").inc()
             return error(503, f"server is full ({self.settings.max_sessions} sessions)")
+        if self.load.overloaded():  # before the sessions it has degrade (server/load.py)
+            self.load.refused.labels("load").inc()
+            return web.json_response({"error": f"server is busy (load {self.load.load:.2f}); try again shortly"},
+                                     status=503, headers={"Retry-After": str(RETRY_AFTER)})
         return self.limits.session_refused(client)
 
     def _sessions_of(self, client: str) -> int:
@@ -215,10 +224,13 @@ class MediaServer:
 
     async def health(self, request: web.Request) -> web.Response:
         status, code = ("draining", 503) if self.draining else ("ok", 200)
+        if status == "ok" and self.load.overloaded():
+            status, code = "overloaded", 503
+        load = round(self.load.load, 3)
         if self.security.enabled and request.get(GRANT) is None:  # public: only what a balancer needs
             return web.json_response({"status": status, "ready": self.ready, "sessions": len(self.sessions),
-                                      "max_sessions": self.settings.max_sessions, "auth": "required"},
-                                     status=code)
+                                      "max_sessions": self.settings.max_sessions, "load": load,
+                                      "auth": "required"}, status=code)
         return web.json_response(status=code, data={
             "status": status,
             "ready": self.ready,  # --preload finished: the first sessions will not wait for models
@@ -232,6 +244,9 @@ class MediaServer:
                           for name, cls in PIPELINES.items()},
             "default_pipelines": self.settings.pipelines,
             "event_loop_lag_ms": self.metrics.lag_percentiles_ms(),
+            "load": load,
+            "load_detail": self.load.report(),  # its parts and readings (server/load.py)
+            "process": process_figures(),  # what a leak would grow (bench/soak.py watches it)
         })
 
     async def ice_servers_endpoint(self, request: web.Request) -> web.Response:

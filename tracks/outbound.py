@@ -189,6 +189,7 @@ class SynthVideoTrack(MediaStreamTrack):
         self._cache_image: np.ndarray | None = None
         self.sent = 0
         self.tap: Callable[[VideoFrame], None] | None = None  # sees every sent frame (recording)
+        self.skipped = 0  # frames not sent because the track fell behind (server/load.py reads both)
 
     def _compose(self) -> np.ndarray:
         lines = self.overlay()
@@ -213,6 +214,7 @@ class SynthVideoTrack(MediaStreamTrack):
         if late > 2 / self.fps:
             # Starved of CPU: skip the missed frames rather than encode a burst of repeats.
             self._pts += int(late * self.fps) * step
+            self.skipped += int(late * self.fps)
         await self._pacer.wait(self._pts)
         # Colour conversion and drawing release the GIL: keep them off the event loop.
         image = await asyncio.get_running_loop().run_in_executor(None, self._compose)

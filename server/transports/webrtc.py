@@ -109,6 +109,8 @@ class Peer:
             self.session.channel_opened(self)
 
     async def _on_connection_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self.session.connected(self)
         if self.pc.connectionState in ("failed", "closed"):
             self.session.lost(self, f"connection {self.pc.connectionState}")
 
@@ -124,6 +126,7 @@ class WebRTCSession(Session):
         super().__init__(settings, metrics, models, on_close)
         self.configuration = configuration
         self.last_seen = self.started
+        self._heard = False  # any media or message from the client yet
         self.camera = LatestFrame(on_drop=self.metrics.frames_dropped.inc)
         self.audio_out = SpeechAudioTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
         self.video_out = SynthVideoTrack(self.camera, self.overlay_lines, fps=self.settings.video_fps,
@@ -178,6 +181,12 @@ class WebRTCSession(Session):
     # --- what peers report ----------------------------------------------------------------------
     def touch(self) -> None:
         self.last_seen = time.monotonic()
+        self._heard = True
+
+    def connected(self, peer: Peer) -> None:
+        """ICE and DTLS are up: a client never heard from now has ``connect_timeout`` to be heard."""
+        if peer is self.peer and not self._heard:
+            self.last_seen = time.monotonic()
 
     def received(self, peer: Peer, message) -> None:
         if peer is self.peer and not peer.lost:
@@ -191,7 +200,7 @@ class WebRTCSession(Session):
             return
         self._close_peer(peer)
         seconds = self.settings.resume_seconds
-        if seconds <= 0 or not self._ready_sent:
+        if seconds <= 0 or not self._ready_sent or not self._heard:  # a ghost: nothing to resume
             log.info("session %s: %s, closing", self.id, why)
             asyncio.get_running_loop().create_task(self.close())
             return
@@ -261,11 +270,22 @@ class WebRTCSession(Session):
     # --- lifetime ------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
         """aiortc has no 'disconnected' state: a client that sends neither media nor messages
-        for ``heartbeat_timeout`` seconds is gone (and may resume)."""
+        for ``heartbeat_timeout`` seconds is gone (and may resume). A ghost frees its slot sooner:
+        a session whose ICE has not connected ``connect_timeout`` seconds after the answer (the
+        client vanished after its offer), or that connected and then sent nothing for as long."""
+        settings = self.settings
         while True:
-            await asyncio.sleep(min(1.0, self.settings.heartbeat_timeout / 4))
-            if not self.peer.lost and time.monotonic() - self.last_seen > self.settings.heartbeat_timeout:
-                self.lost(self.peer, f"no media or messages for {self.settings.heartbeat_timeout:.0f}s")
+            await asyncio.sleep(max(0.05, min(1.0, settings.heartbeat_timeout / 4, settings.connect_timeout / 4)))
+            if self.peer.lost:
+                continue
+            if self._heard:
+                limit, why = settings.heartbeat_timeout, "no media or messages for %.0f s"
+            elif self.pc.connectionState != "connected":
+                limit, why = settings.connect_timeout, "not connected %.0f s after the answer"
+            else:
+                limit, why = min(settings.heartbeat_timeout, settings.connect_timeout), "connected, then silent for %.0f s"
+            if time.monotonic() - self.last_seen > limit:
+                self.lost(self.peer, why % limit)
 
     async def _release(self) -> None:
         if self.recorder is not None:
