@@ -21,6 +21,8 @@ balancer sends users elsewhere. Measured on the 2-core test machine: see README,
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import logging
 import os
 import statistics
@@ -81,9 +83,19 @@ def udp_counters() -> tuple[int, int] | None:
     return received, dropped
 
 
+def trim_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim; nothing elsewhere): what
+    sessions freed would otherwise stay in the resident size, fragmented across the heap."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def process_figures() -> dict[str, float]:
     """What a leak would grow: asyncio tasks (of the running loop), threads, open file
-    descriptors and resident memory of this process."""
+    descriptors, resident memory, and of it the anonymous part (the heap: file-backed pages of
+    the libraries come and go with the machine's memory pressure; Linux only, else the RSS)."""
     me = psutil.Process()
     try:
         fds = me.num_fds()
@@ -93,8 +105,16 @@ def process_figures() -> dict[str, float]:
         tasks = len(asyncio.all_tasks())
     except RuntimeError:  # no running loop
         tasks = 0
-    return {"tasks": tasks, "threads": threading.active_count(), "open_fds": fds,
-            "rss_mb": round(me.memory_info().rss / 2 ** 20, 1)}
+    rss = me.memory_info().rss / 2 ** 20
+    anon = rss
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                anon = int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"tasks": tasks, "threads": threading.active_count(), "open_fds": fds, "rss_mb": round(rss, 1),
+            "anon_mb": round(anon, 1)}
 
 
 class LoadMonitor:
@@ -107,6 +127,7 @@ class LoadMonitor:
         self.parts = {name: 0.0 for name in FULL}  # smoothed, 1.0 = users feel it
         self.readings: dict[str, float | None] = {}  # the last raw readings, for /health
         self._cpu = self._udp = self._at = None
+        self._busy = False  # there were sessions at the last sample
         self._frames: dict[str, tuple[int, int]] = {}  # session id -> (sent, skipped) at the last sample
         r = metrics.registry
         self._load_gauge = Gauge("mms_load", "Load: 1.0 is where users feel it (server/load.py)", registry=r)
@@ -158,6 +179,11 @@ class LoadMonitor:
                 self._part_gauge.labels(name).set(self.parts[name])
             self.readings = readings
             self._load_gauge.set(self.load)
+        busy = any(True for _ in self.sessions())
+        if self._busy and not busy:  # the last session left (no one to pause): free its cycles, give memory back
+            gc.collect()
+            await asyncio.to_thread(trim_memory)
+        self._busy = busy
         for name, value in process_figures().items():
             self._process_gauge.labels(name).set(value)
         self._at, self._cpu, self._udp = now, cpu, udp

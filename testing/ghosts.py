@@ -31,16 +31,18 @@ async def offer_only(url: str, pipelines: list[str] | None = None, headers: dict
 
 
 def vanish(pc: RTCPeerConnection) -> None:
-    """Close a peer connection's UDP sockets without a word (no DTLS close_notify, no SCTP ABORT,
-    no more RTCP or STUN): the server hears nothing more from it, as when a tab crashes or the
-    network goes. ``pc.close()`` afterwards only frees this side."""
+    """Make a peer connection go silent without a word (no DTLS close_notify, no SCTP ABORT, no
+    more RTCP, STUN or media, and it hears nothing either), as when a tab crashes or the network
+    goes: its UDP sockets stay open but neither read nor send. ``pc.close()`` afterwards frees
+    this side only."""
     transports = {t.receiver.transport for t in pc.getTransceivers() if t.receiver.transport is not None}
     if pc.sctp is not None:
         transports.add(pc.sctp.transport)
     for dtls in transports:
         for protocol in getattr(dtls.transport._connection, "_protocols", []):
             if getattr(protocol, "transport", None) is not None:
-                protocol.transport.close()
+                protocol.transport.pause_reading()
+                protocol.transport.sendto = lambda *args, **kwargs: None
 
 
 async def wait_sessions(count, want: int, timeout: float) -> float:
