@@ -35,6 +35,20 @@ HEARTBEAT, CONNECT = 3.0, 3.0  # the server's --heartbeat-timeout and --connect-
 RSS_GROWTH_MB = 30.0
 
 
+class Stages(list):
+    """The stages a cycle went through, and when (for the report of one that failed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.t0 = time.monotonic()
+
+    def append(self, name: str) -> None:
+        super().append(f"{name} at {time.monotonic() - self.t0:.1f} s")
+
+    def __str__(self) -> str:
+        return ", ".join(self) or "not started"
+
+
 @dataclass
 class Soak:
     cycles: int = 500
@@ -51,7 +65,7 @@ class Soak:
     cycle_s: dict = field(default_factory=lambda: {k: [] for k in KINDS})
 
     # --- one cycle of each kind ---------------------------------------------------------------------
-    async def cycle(self, url: str, kind: str, stage: list[str]) -> None:
+    async def cycle(self, url: str, kind: str, stage: Stages) -> None:
         t0 = time.monotonic()
         stage.append("offer")
         if kind == "offer_only":
@@ -112,11 +126,11 @@ class Soak:
                 self.samples[-1] = ("end (time limit)", *self.samples[-1][1:])
 
     async def _guarded(self, url: str, kind: str) -> None:
-        stage: list[str] = []
+        stage = Stages()
         try:
             await asyncio.wait_for(self.cycle(url, kind, stage), 30)
         except Exception as exc:  # noqa: BLE001 - every failure is reported
-            self.errors.append(f"{kind} at {stage[-1] if stage else 'start'}: {type(exc).__name__}: {exc}")
+            self.errors.append(f"{kind} ({stage}): {type(exc).__name__}: {exc}")
 
     async def _workers(self, url: str, kinds: list[str], deadline: float | None = None) -> None:
         """Run these cycles, ``concurrency`` at a time, while the server holds fewer than
