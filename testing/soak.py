@@ -171,7 +171,7 @@ class Soak:
         return "\n".join(rows)
 
     def kinds_table(self) -> str:
-        rows = ["| kind | cycles | client-side s p50 |", "|---|---|---|"]
+        rows = ["| kind | cycles (warm-up included) | client-side s p50 |", "|---|---|---|"]
         for kind in KINDS:
             times = sorted(self.cycle_s[kind])
             p50 = f"{times[len(times) // 2]:.2f}" if times else "n/a"
