@@ -5,7 +5,7 @@ table; tests/test_soak.py runs a short one).
 Cycle kinds:
     normal      audio + video + pings, ``ready`` and a ``pong`` back, then a clean close
     abrupt      the same, then its sockets go silent without a goodbye (``vanish``): the
-                heartbeat timeout ends it on the server
+                heartbeat timeout detaches it on the server, and the resume wait ends it
     offer_only  offer, answer, gone before ICE (``offer_only``): the connect deadline ends it
     silent      connects, never sends media or messages: the connect deadline ends it
 
@@ -31,7 +31,7 @@ from testing.server import ServerProcess
 
 KINDS = ("normal", "abrupt", "offer_only", "silent")
 MIX = {"normal": 4, "abrupt": 2, "offer_only": 2, "silent": 2}  # weights
-HEARTBEAT, CONNECT = 3.0, 3.0  # the server's --heartbeat-timeout and --connect-timeout here
+HEARTBEAT, CONNECT, RESUME = 3.0, 3.0, 3.0  # the server's --heartbeat-timeout, --connect-timeout, --resume-seconds
 RSS_GROWTH_MB = 30.0
 
 
@@ -108,7 +108,7 @@ class Soak:
     async def run_against(self, url: str) -> None:
         rng = random.Random(self.seed)
         kinds = rng.choices(list(self.mix), weights=list(self.mix.values()), k=self.warmup + self.cycles)
-        settle = HEARTBEAT + CONNECT + 10
+        settle = HEARTBEAT + CONNECT + RESUME + 10
         async with aiohttp.ClientSession() as http:
             await asyncio.gather(*(self._guarded(url, k) for k in KINDS))  # each kind once, then the rest
             await self._workers(url, kinds[len(KINDS):self.warmup])
@@ -183,7 +183,8 @@ def server(log_path: Path, *flags: str) -> ServerProcess:
     """``webrtc_server.py`` for a soak: short timeouts so ghosts leave quickly, no load shedding
     (the soak measures leaks, not capacity), room for every cycle at once."""
     return ServerProcess.script("soak", log_path, "--heartbeat-timeout", str(HEARTBEAT), "--connect-timeout",
-                                str(CONNECT), "--load-threshold", "0", "--max-sessions", "64", *flags)
+                                str(CONNECT), "--resume-seconds", str(RESUME), "--load-threshold", "0",
+                                "--max-sessions", "64", *flags)
 
 
 async def soak(log_path: Path, **kwargs) -> Soak:

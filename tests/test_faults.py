@@ -209,7 +209,7 @@ async def test_a_client_that_stops_reading_its_data_channel(media_server, regist
             trips, backlog = [], []
             for n in range(12):  # 3 s
                 trips.append(await round_trip(other, n))
-                backlog.append(session.channel.bufferedAmount)
+                backlog.append(session.peer.channel.bufferedAmount)
                 await asyncio.sleep(0.25)
             await other.close()
         assert max(backlog) <= MAX_CHANNEL_BACKLOG + 20_000, backlog  # bounded

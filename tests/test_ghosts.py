@@ -42,9 +42,9 @@ async def test_a_client_that_connects_and_never_sends_anything(settings, media_s
 
 
 async def test_an_established_session_that_vanishes_waits_for_the_heartbeat(settings, media_server):
-    """A client heard from, then gone without a goodbye (its sockets closed): the heartbeat
-    timeout, not the connect deadline, ends it."""
-    settings.connect_timeout, settings.heartbeat_timeout = 1.0, 3.0
+    """A client heard from, then gone without a goodbye (its sockets silent): the heartbeat
+    timeout, not the connect deadline, ends it (resuming off; else it waits --resume-seconds more)."""
+    settings.connect_timeout, settings.heartbeat_timeout, settings.resume_seconds = 1.0, 3.0, 0
     sessions = media_server.server.sessions
     client = StreamClient(media_server.url, ["gender"])
     try:
