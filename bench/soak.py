@@ -30,7 +30,7 @@ async def main(args) -> int:
     problems = run.problems()
     markdown = "\n\n".join([
         f"Soak: {sum(run.done.values()) - run.warmup} cycles after {run.warmup} of warm-up, {args.concurrency} at a "
-        f"time, {time.monotonic() - t0:.0f} s in all (mix {MIX}; server --heartbeat-timeout 3 --connect-timeout 3)",
+        f"time, {time.monotonic() - t0:.0f} s in all (mix {MIX}; server --heartbeat-timeout 3 --connect-timeout 3 --resume-seconds 3)",
         run.table(), run.kinds_table(),
         "checks: " + ("all passed (0 sessions; tasks, threads, fds at baseline; RSS growth < 30 MB)"
                       if not problems else "FAILED: " + "; ".join(problems)),
