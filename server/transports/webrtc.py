@@ -283,7 +283,7 @@ class WebRTCSession(Session):
             elif self.pc.connectionState != "connected":
                 limit, why = settings.connect_timeout, "not connected %.0f s after the answer"
             else:
-                limit, why = min(settings.heartbeat_timeout, settings.connect_timeout), "connected, then silent for %.0f s"
+                limit, why = min(settings.heartbeat_timeout, settings.connect_timeout), "connected, then silent %.0f s"
             if time.monotonic() - self.last_seen > limit:
                 self.lost(self.peer, why % limit)
 
