@@ -40,6 +40,7 @@ from pipelines.translation.languages import (TranslationSettings, available_pair
                                              stream_options)
 from pipelines.translation.models import TranslationModels
 from pipelines.translation.utterance import Job, Utterance, _words, agreed_prefix
+from tracks.overlay import Subtitle
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class TranslationPipeline(Pipeline):
         "vad_threshold": 0.5,
         "stream_interval": 0.5,  # streaming: seconds between hypotheses (and at most one output each)
         "barge_in": False,  # speaking again while a translation plays interrupts it (off: interpreters overlap)
+        "overlay": True,  # subtitles on the returned video
     }
 
     def __init__(self, context, options=None):
@@ -319,8 +321,7 @@ class TranslationPipeline(Pipeline):
                           source_lang=job.options["source"], target_lang=job.options["target"],
                           final=final, utterance=job.utterance.number, audio_end_s=self._audio_end(job),
                           timings_ms=timings, **extra)
-        self.context.set_overlay(self.name, [f"{job.options['source']}: {source_text[-60:]}",
-                                             f"{job.options['target']}: {text[-60:]}"])
+        self.context.show(self.name, Subtitle(text, secondary=source_text))
 
     async def _final(self, models, job: Job) -> None:
         timings: dict = {}

@@ -129,11 +129,11 @@ class WebRTCSession(Session):
         self._heard = False  # any media or message from the client yet
         self.camera = LatestFrame(on_drop=self.metrics.frames_dropped.inc)
         self.audio_out = SpeechAudioTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
-        self.video_out = SynthVideoTrack(self.camera, self.overlay_lines, fps=self.settings.video_fps,
+        self.video_out = SynthVideoTrack(self.camera, self.overlay_items, fps=self.settings.video_fps,
                                          on_frame=self.metrics.frames_out.labels("video").inc)
         self.resume_token: str | None = None  # given by the server where --resume-seconds > 0
         self.peer = Peer(self, configuration)
-        self._overlays: dict[str, list[str]] = {}
+        self._overlays: dict[str, tuple] = {}  # pipeline -> tracks.overlay items
         self._unsent: deque[str] = deque(maxlen=MAX_UNSENT)  # events emitted while no channel was open
         self._dropped = 0  # of those, lost to the bound since a channel last opened
         self._ready_sent = False
@@ -261,11 +261,15 @@ class WebRTCSession(Session):
             self.peer.channel.send(message)
         return True
 
-    def set_overlay(self, name: str, lines: list[str]) -> None:
-        self._overlays[name] = lines
+    def show(self, name: str, *items) -> None:
+        self._overlays[name] = items
 
-    def overlay_lines(self) -> list[str]:
-        return [line for lines in self._overlays.values() for line in lines]
+    def overlay_items(self) -> list:
+        """What the returned video shows now: each pipeline's items, unless its option
+        ``overlay`` is off (checked per frame, so a ``config`` message hides or shows at once)."""
+        return [item for name, items in list(self._overlays.items())
+                if (pipeline := self.pipelines.get(name)) is None or pipeline.options.get("overlay", True)
+                for item in items]
 
     # --- lifetime ------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
