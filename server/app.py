@@ -27,7 +27,10 @@ from server.turn import client_ice_servers
 from server.transports.websocket import MAX_FRAME_BYTES, SocketSession, pipelines_start, single_start
 
 log = logging.getLogger(__name__)
-STATIC = Path(__file__).resolve().parent.parent / "static"
+# The page: static/ of a checkout, or server/static/ of an installed copy (pyproject.toml).
+STATIC = next((d for d in (Path(__file__).resolve().parent / "static",
+                           Path(__file__).resolve().parent.parent / "static") if (d / "index.html").is_file()),
+              Path(__file__).resolve().parent.parent / "static")
 
 
 def error(status: int, message: str) -> web.Response:
