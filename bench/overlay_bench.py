@@ -3,6 +3,7 @@
     .venv/bin/python bench/overlay_bench.py                       # the table: ms per frame
     .venv/bin/python bench/overlay_bench.py --screenshots DIR     # also PNGs of every pipeline
                                                                   # at 320x240, 640x480, 1280x720
+    .venv/bin/python bench/overlay_bench.py --docs docs/screenshots   # one small PNG per pipeline
 
 Frames are scikit-image's astronaut photo (the camera) or the talking_head avatar rendered from it,
 with the items each pipeline shows, built the way the pipelines build them. Costs: the first
@@ -89,10 +90,20 @@ def timed(fn, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--screenshots", type=Path, help="write <pipeline>_<W>x<H>.png here")
+    parser.add_argument("--docs", type=Path, help="write <pipeline>.png here (640x480, the avatar 512x512; 256 colours)")
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
     now = time.monotonic()
-    avatar = avatar_frame() if args.screenshots else None
+    avatar = avatar_frame() if args.screenshots or args.docs else None
+    if args.docs:
+        from PIL import Image
+
+        args.docs.mkdir(parents=True, exist_ok=True)
+        for pipeline, items in scenes(now).items():
+            size = (512, 512) if pipeline == "talking_head" else (640, 480)  # the avatar's own size
+            image = Overlay().draw(background(pipeline, *size, avatar), items, now)
+            rgb = Image.fromarray(np.ascontiguousarray(image[:, :, ::-1]))
+            rgb.quantize(256, method=Image.Quantize.MEDIANCUT).save(args.docs / f"{pipeline}.png", optimize=True)
     if args.screenshots:
         args.screenshots.mkdir(parents=True, exist_ok=True)
         for width, height in SIZES + ((512, 512),):

@@ -41,6 +41,7 @@ ELLIPSIS = "…"
 
 # Colours (RGB, alpha) of the sprites.
 BOX = (12, 14, 20, 170)
+ALERT_BOX = (96, 16, 20, 200)
 TEXT = (255, 255, 255, 255)
 MUTED = (190, 198, 210, 255)
 SECONDARY = (215, 225, 240, 255)
@@ -249,7 +250,7 @@ class Layout:
         self.bar_px = px(6, 3)
         self.radius = px(6, 2)
         self.chat_px = px(16, 10)
-        self.badge_width = int(min(max(124, 0.3 * width), 200 * max(u, 0.5), width - 2 * self.margin))
+        self.badge_width = int(min(max(124, min(0.3 * width, 200 * u)), width - 2 * self.margin))
         self.subtitle_width = width - 2 * self.margin  # a line's box, padding included
         self.chat_width = int(min(max(0.45 * width, 150), width - 2 * self.margin))
 
@@ -323,8 +324,24 @@ def subtitle_lines(item: Subtitle, layout: Layout) -> list[tuple[str, ImageFont.
     room = layout.subtitle_width - 2 * layout.pad
     lines = [(t, small, SECONDARY) for t in wrap_tail(item.secondary, small, room, 1)]
     if len(wrap(item.text, main, room)) > 2:  # a long caption: a size smaller before cutting it
-        main = font(max(layout.secondary_px, int(layout.subtitle_px * 0.85)), bold=True)
-    return lines + [(t, main, TEXT) for t in wrap_tail(item.text, main, room, 2)]
+        main = font(max(layout.secondary_px, 12, int(layout.subtitle_px * 0.85)), bold=True)
+    return lines + [(t, main, TEXT) for t in balance(wrap_tail(item.text, main, room, 2), main, room)]
+
+
+def balance(lines: list[str], face, width: float) -> list[str]:
+    """Two lines of about equal length rather than a full one and a word or two (as subtitles are
+    set): the narrowest width that still wraps them into two lines."""
+    if len(lines) != 2 or lines[0].startswith(ELLIPSIS):
+        return lines
+    text = " ".join(lines)
+    low, high = width / 2, width
+    while high - low > 4:
+        mid = (low + high) / 2
+        if len(wrap(text, face, mid)) <= 2:
+            high = mid
+        else:
+            low = mid
+    return wrap(text, face, high)
 
 
 def render_subtitle(item: Subtitle, layout: Layout) -> Image.Image | None:
@@ -369,7 +386,7 @@ def render_badge(item: Badge, layout: Layout) -> Image.Image:
     height = pad + title_h + label_h + bar_h + row_h * len(item.rows) + pad
     image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(image)
-    draw.rounded_rectangle((0, 0, width - 1, height - 1), radius=layout.radius, fill=BOX)
+    draw.rounded_rectangle((0, 0, width - 1, height - 1), radius=layout.radius, fill=ALERT_BOX if item.alert else BOX)
     draw.rectangle((0, layout.radius, max(2, layout.pad // 2) - 1, height - 1 - layout.radius), fill=accent)
     y = pad
     if item.title:

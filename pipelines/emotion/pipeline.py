@@ -53,7 +53,7 @@ def overlay(label: str, score: float, modalities: dict, flag: str | None) -> tup
                  for name, info in modalities.items())
     badges = (Badge(label, score, title="emotion", rows=rows),)
     if flag:
-        badges += (Badge("support info in the response", title=flag, alert=True),)
+        badges += (Badge("see the reply", title=flag, alert=True),)
     return badges
 
 
