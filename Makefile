@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 # Debian packages: the browser for end-to-end tests, and speech programs/recordings for test voices.
 APT_PACKAGES := chromium espeak-ng flite pocketsphinx-testdata \
-                apertium apertium-eng-spa apertium-eng-cat apertium-fr-es
+                apertium apertium-eng-spa apertium-eng-cat apertium-fr-es fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 LOCK   := requirements.lock
