@@ -8,11 +8,12 @@ replaces whatever that pipeline showed before (none clears it):
     context.show("commentary", *recent_comments)          # Chat items, oldest first
     context.show("emotion")                               # nothing
 
-``draw(image, items, now)`` lays them out for the frame's size (320x240 to 1280x720 and beyond):
+``Overlay().draw(image, items, now)`` lays them out for the frame's size (320x240 to 1280x720
+and beyond):
 
-* ``Subtitle``: bottom centre, wrapped to the frame's width, at most two lines (the newest words
-  win; ``…`` marks what was cut) with one smaller line of ``secondary`` above; each line on its
-  own dark box. Fades out ``hold`` seconds after it was shown.
+* ``Subtitle``: bottom centre, wrapped to the frame's width, at most two balanced lines (a long
+  caption a size smaller, then its newest words after ``…``) with one smaller line of
+  ``secondary`` above; each line on its own dark box. Fades out ``hold`` seconds after it was shown.
 * ``Badge``: a card in the top-right corner, stacked top-down: a small title, the label with its
   percentage, a confidence bar, optional smaller rows (name, label, bar). ``alert`` draws it red.
 * ``Chat``: bottom left, above the subtitles, a chat-style line (coloured user name, text wrapped
@@ -24,6 +25,7 @@ sprites it shows (``cv2.blendLinear`` over their boxes), at ``FADE`` opacity ste
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -428,6 +430,10 @@ def _bar(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, height: int, val
 
 
 RENDER = {Subtitle: render_subtitle, Badge: render_badge, Chat: render_chat}
+# Fonts are shared by every session's video track, each composed on a worker thread, and a
+# FreeType face is only safe in one thread at a time: text is rendered under this lock (rarely:
+# only when an item is new).
+_FONT_LOCK = threading.Lock()
 
 
 # --- the overlay of one video track --------------------------------------------------------------
@@ -452,7 +458,8 @@ class Overlay:
         if key in self._sprites:
             self._sprites.move_to_end(key)
             return self._sprites[key]
-        rendered = RENDER[type(item)](item, layout)
+        with _FONT_LOCK:
+            rendered = RENDER[type(item)](item, layout)
         sprite = Sprite(rendered) if rendered is not None else None
         self._sprites[key] = sprite
         while len(self._sprites) > self.cache_size:
