@@ -67,7 +67,7 @@ def test_dependencies_are_requirements_in_runtime_part():
             lines.append(line.split("#")[0].strip())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["dependencies"] == lines
-    assert project["scripts"] == {"mms-server": "server.cli:main", "mms-client": "server.client_cli:main"}
+    assert project["scripts"] == {"mms-server": "server.cli:main", "mms-client": "client:main"}
 
 
 def test_wheel_holds_every_package_the_page_and_the_docs(build):
@@ -80,7 +80,7 @@ def test_wheel_holds_every_package_the_page_and_the_docs(build):
     page = [p for p in (ROOT / "static").rglob("*") if p.is_file()]
     assert page and all(f"server/static/{p.relative_to(ROOT / 'static').as_posix()}" in names for p in page)
     assert all(f"server/docs/{p.name}" in names for p in (ROOT / "docs").glob("*.md"))
-    assert not any(n.startswith(("tests/", "testing/", "bench/")) for n in names)
+    assert "client.py" in names and not any(n.startswith(("tests/", "testing/", "bench/")) for n in names)
 
 
 async def test_commands_start_from_the_installed_copy(build, tmp_path, monkeypatch):
@@ -102,10 +102,10 @@ async def test_commands_start_from_the_installed_copy(build, tmp_path, monkeypat
     server.start()  # the server, both --help runs and the import check at once: they are all start-up
     try:
         where, server_help, client_help = await asyncio.gather(
-            command(str(bin_dir / "python"), "-c", "import server.app; print(server.app.__file__, server.app.STATIC)"),
+            command(str(bin_dir / "python"), "-c",
+                    "import client, server.app; print(server.app.__file__, server.app.STATIC, client.__file__)"),
             command(str(bin_dir / "mms-server"), "--help"), command(str(bin_dir / "mms-client"), "--help"))
-        module, static = where.split()
-        assert module.startswith(str(bin_dir.parent)) and static.startswith(str(bin_dir.parent)), where
+        assert all(path.startswith(str(bin_dir.parent)) for path in where.split()), where
         assert "usage: mms-server" in server_help and "--pipelines" in server_help
         assert "usage: mms-client" in client_help and "--record" in client_help
         health = await server.wait_healthy(timeout=120)
