@@ -58,15 +58,22 @@ def build(tmp_path_factory):
     return wheel, bin_dir, cwd, env
 
 
-def test_dependencies_are_requirements_in_runtime_part():
-    lines = []
+def test_dependencies_come_from_requirements_in():
+    """pyproject.toml's dependencies are requirements.in's runtime part (before "# Tests"), with the
+    same ranges; its extras (tests, benchmarks, optional backends) are lines of requirements.in too."""
+    runtime, every = [], []
     for line in (ROOT / "requirements.in").read_text().splitlines():
         if line.startswith("# Tests"):
-            break
+            runtime = list(every)
         if line.split("#")[0].strip():
-            lines.append(line.split("#")[0].strip())
+            every.append(line.split("#")[0].strip())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["dependencies"] == lines
+    extras = [r for group in project["optional-dependencies"].values() for r in group]
+    missing = [r for r in runtime if r not in project["dependencies"] + extras]
+    assert not missing, f"requirements.in needs {missing}: add to pyproject.toml's dependencies (or an extra)"
+    invented = [r for r in project["dependencies"] + extras if r not in every]
+    assert not invented, f"pyproject.toml names {invented}, which requirements.in does not"
+    assert [r for r in project["dependencies"] if r in runtime] == project["dependencies"]
     assert project["scripts"] == {"mms-server": "server.cli:main", "mms-client": "client:main"}
 
 
