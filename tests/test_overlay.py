@@ -63,6 +63,14 @@ def test_each_kind_has_its_place_and_sprites_fit(size):
     assert changed[height // 3: -height // 5, : width // 10].any()  # chat: left, above the subtitles
 
 
+def test_sprites_are_kept_only_for_what_is_shown_and_a_few_more():
+    overlay = Overlay(spare=4)
+    image = np.zeros((720, 1280, 3), np.uint8)
+    for n in range(30):  # a live caption changing 30 times, beside a badge
+        overlay.draw(image, [Badge("female", 0.9), Subtitle(f"caption number {n}")], 0)
+    assert len(overlay._sprites) == 2 + 4
+
+
 def test_text_outside_latin1_is_drawn_with_a_truetype_font():
     face = font(20)
     assert hasattr(face, "path"), "no TrueType font: accents would not show (install fonts-dejavu-core)"

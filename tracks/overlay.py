@@ -261,13 +261,13 @@ class Layout:
 class Sprite:
     """A rendered item: BGR pixels and their opacity (float32 0–1)."""
 
-    __slots__ = ("bgr", "alpha", "_faded")
+    __slots__ = ("bgr", "alpha", "inverse")
 
     def __init__(self, rgba: Image.Image):
         pixels = np.asarray(rgba)
         self.bgr = np.ascontiguousarray(pixels[:, :, 2::-1])
         self.alpha = pixels[:, :, 3].astype(np.float32) / 255.0
-        self._faded: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self.inverse = 1.0 - self.alpha
 
     @property
     def height(self) -> int:
@@ -278,10 +278,11 @@ class Sprite:
         return self.bgr.shape[1]
 
     def weights(self, level: float) -> tuple[np.ndarray, np.ndarray]:
-        if level not in self._faded:
-            alpha = self.alpha * np.float32(level)
-            self._faded[level] = (alpha, 1.0 - alpha)
-        return self._faded[level]
+        """The sprite's and the picture's weights at opacity ``level`` (fading: made per frame)."""
+        if level == 1.0:
+            return self.alpha, self.inverse
+        alpha = self.alpha * np.float32(level)
+        return alpha, 1.0 - alpha
 
     def blend(self, image: np.ndarray, x: int, y: int, level: float = 1.0) -> None:
         """Over ``image`` (BGR, in place) with its top-left at (x, y), clipped to the image."""
@@ -438,10 +439,11 @@ _FONT_LOCK = threading.Lock()
 
 # --- the overlay of one video track --------------------------------------------------------------
 class Overlay:
-    """Draws items on frames, keeping the sprites of recent items (per frame size)."""
+    """Draws items on frames, keeping the sprites of the items shown and of a few more recent ones
+    (per frame size)."""
 
-    def __init__(self, cache_size: int = 64):
-        self.cache_size = cache_size
+    def __init__(self, spare: int = 4):
+        self.spare = spare  # sprites kept beyond those of the last frame
         self._sprites: OrderedDict[tuple, Sprite | None] = OrderedDict()
         self._layouts: dict[tuple[int, int], Layout] = {}
 
@@ -462,8 +464,6 @@ class Overlay:
             rendered = RENDER[type(item)](item, layout)
         sprite = Sprite(rendered) if rendered is not None else None
         self._sprites[key] = sprite
-        while len(self._sprites) > self.cache_size:
-            self._sprites.popitem(last=False)
         return sprite
 
     @staticmethod
@@ -493,4 +493,6 @@ class Overlay:
             if isinstance(item, Badge) and (sprite := self.sprite(item, layout)):
                 sprite.blend(image, width - layout.margin - sprite.width, top, level)
                 top += sprite.height + layout.gap
+        while len(self._sprites) > len(shown) + self.spare:  # this frame's were all just used: last
+            self._sprites.popitem(last=False)
         return image
