@@ -142,16 +142,17 @@ class StreamClient:
         self._readers.append(asyncio.get_running_loop().create_task(read()))
 
     async def connect(self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None,
-                      resume: str | None = None) -> dict:
-        """Offer (sending the given tracks, receiving audio and video back); returns the answer JSON.
-        ``resume``: a resume token, to attach this connection to that session instead."""
+                      resume: str | None = None, receive_video: bool = True) -> dict:
+        """Offer (sending the given tracks, receiving audio and, unless ``receive_video`` is False,
+        video back); returns the answer JSON. ``resume``: a resume token, to attach this connection
+        to that session instead."""
         if audio is not None:
             self.pc.addTrack(audio)
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
         if video is not None:
-            self.pc.addTrack(video)
-        else:
+            self.pc.addTransceiver(video, direction="sendrecv" if receive_video else "sendonly")
+        elif receive_video:
             self.pc.addTransceiver("video", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "options": self.options}

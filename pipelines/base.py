@@ -41,6 +41,9 @@ class Pipeline(abc.ABC):
     # Context media this pipeline cannot run without ("camera", "video_out", "audio_out"); a
     # transport that lacks one refuses the pipeline with a clear error.
     requires: ClassVar[frozenset[str]] = frozenset()
+    # Whether this pipeline reads the camera (``context.camera``). Where no pipeline of a session
+    # does and the client takes no video back, the WebRTC transport declines the client's video.
+    uses_camera: ClassVar[bool] = True
     # Server-wide settings of this pipeline: a dataclass whose fields become flags
     # ``--<name>-<field>`` and variables ``MMS_<NAME>_<FIELD>`` (server/config.py); an instance
     # is ``settings.<name>``.

@@ -119,6 +119,7 @@ class GenderSettings:
 class GenderPipeline(Pipeline):
     name = "gender"
     Settings = GenderSettings
+    uses_camera = False
     description = "Female or male voice, about once a second while someone speaks"
     defaults = {
         "interval": 1.0,  # seconds between results while speech continues

@@ -57,6 +57,7 @@ CLAUSE_END = re.compile(r"[.,;:!?]$")
 class TranslationPipeline(Pipeline):
     name = "translation"
     Settings = TranslationSettings
+    uses_camera = False
     description = "Speak one language, hear and read another, live (utterance or streaming mode)"
     defaults = {
         "source": "en",

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, sdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.buffers import LatestFrame
@@ -75,8 +75,16 @@ class Peer:
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "audio" in kinds:
             self.pc.addTrack(Feed(self.session.audio_out))  # reuses the offer's audio transceiver
-        if "video" in kinds:
+        # Video only to a client that takes it (no encoder otherwise); a client's camera that
+        # neither the returned video nor any pipeline uses is declined (no decoder either).
+        takes_video = {m.kind for m in sdp.SessionDescription.parse(offer.sdp).media
+                       if m.direction in ("sendrecv", "recvonly")}
+        if "video" in takes_video:
             self.pc.addTrack(Feed(self.session.video_out))
+        elif not any(p.uses_camera for p in self.session.pipelines.values()):
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.kind == "video":
+                    transceiver.direction = "inactive"
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
         return self.pc.localDescription
 
