@@ -63,3 +63,65 @@ def _video_direction(sdp: str) -> str:
     video = [m for m in sdp.split("m=")[1:] if m.startswith("video")]
     assert len(video) == 1
     return next(d for d in ("sendrecv", "sendonly", "recvonly", "inactive") if f"a={d}" in video[0])
+
+
+# --- the VP8 encoder settings patched into aiortc (media/codecs.py) -----------------------------
+def test_aiortc_vp8_encoder_is_where_media_codecs_expects_it():
+    """Fails when an aiortc upgrade changes what media/codecs.py mirrors or patches: then read
+    aiortc's new Vp8Encoder.encode and update media/codecs.py to match."""
+    import inspect
+    import re
+
+    from aiortc import rtcrtpsender
+    from aiortc.codecs import vpx
+
+    from media import codecs
+
+    source = inspect.getsource(vpx.Vp8Encoder.encode)
+    options = dict(re.findall(r'"([a-z-]+)": "([^"]+)"', source))
+    assert options == codecs.AIORTC_OPTIONS  # the fixed options, with aiortc's defaults
+    assert set(re.findall(r'"([a-z-]+)": str\(', source)) == {"bufsize", "minrate", "maxrate"}
+    for line in ("self.codec.gop_size = 3000", "self.codec.qmin = 2", "self.codec.qmax = 56",
+                 "number_of_threads(", "frame.width != self.codec.width", "> 0.1", "if self.codec is None:"):
+        assert line in source, line
+    assert list(inspect.signature(vpx.Vp8Encoder.encode).parameters) == ["self", "frame", "force_keyframe"]
+    assert isinstance(vpx.Vp8Encoder.target_bitrate, property)
+    # aiortc's sender makes its encoders through the module-level name install() replaces
+    assert "get_encoder(codec)" in inspect.getsource(rtcrtpsender.RTCRtpSender._next_encoded_frame)
+    assert rtcrtpsender.get_encoder in (codecs.get_encoder, codecs._aiortc_get_encoder)
+
+
+def test_realtime_vp8_encoder_uses_its_options_and_aiortc_keeps_its_context(monkeypatch):
+    import fractions
+
+    import av
+    from aiortc import rtcrtpsender
+    from aiortc.codecs import get_capabilities
+
+    from media import codecs
+
+    made = {}  # id -> options of each context RealtimeVp8Encoder made, before libvpx consumed them
+
+    def libvpx_context(*args):
+        codec = make(*args)
+        made[id(codec)] = dict(codec.options)
+        return codec
+
+    make = codecs.libvpx_context
+    monkeypatch.setattr(codecs, "libvpx_context", libvpx_context)
+    codecs.install()
+    vp8 = next(c for c in get_capabilities("video").codecs if c.mimeType == "video/VP8")
+    opus = next(c for c in get_capabilities("audio").codecs if c.mimeType == "audio/opus")
+    encoder = rtcrtpsender.get_encoder(vp8)
+    assert isinstance(encoder, codecs.RealtimeVp8Encoder)
+    assert not isinstance(rtcrtpsender.get_encoder(opus), codecs.RealtimeVp8Encoder)
+    for i, (w, h) in enumerate([(320, 240)] * 3 + [(640, 480)] * 2):
+        frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), i * 40, np.uint8), format="bgr24")
+        frame.pts, frame.time_base = i * 3600, fractions.Fraction(1, 90000)
+        payloads, _ = encoder.encode(frame)
+        assert payloads
+        assert (encoder.codec.width, encoder.codec.height) == (w, h)
+        options = made[id(encoder.codec)]  # aiortc's encode used ours and made none of its own
+        assert {k: options[k] for k in codecs.OPTIONS} == codecs.OPTIONS
+        assert options["deadline"] == "realtime" and options["bufsize"] == str(encoder.target_bitrate)
+    assert len(made) == 2  # one per size

@@ -17,6 +17,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, sdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media import codecs
 from media.buffers import LatestFrame
 from server.transports.session import Session
 from tracks.inbound import read_audio, read_video
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_CHANNEL_BACKLOG = 1 << 20  # bytes waiting in the data channel before events are dropped
 MAX_UNSENT = 256  # events kept while no channel is open (before it opens, or while the client reconnects)
+codecs.install()  # the returned video's VP8 encoder settings (media/codecs.py)
 
 
 def release_audio_early(receiver) -> None:
