@@ -125,3 +125,39 @@ def test_realtime_vp8_encoder_uses_its_options_and_aiortc_keeps_its_context(monk
         assert {k: options[k] for k in codecs.OPTIONS} == codecs.OPTIONS
         assert options["deadline"] == "realtime" and options["bufsize"] == str(encoder.target_bitrate)
     assert len(made) == 2  # one per size
+
+
+# --- the returned audio: Opus encoded by the track, silence as DTX (tracks/opus.py) -------------
+async def test_opus_track_sends_silence_as_dtx_and_speech_every_20_ms():
+    import av
+
+    from tracks.opus import DTX_FRAMES, HANGOVER, OpusSpeechTrack
+    from tracks.outbound import FRAME_SAMPLES, OUT_RATE
+
+    track = OpusSpeechTrack()
+    track.opus = True
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    silent = [await track.recv() for _ in range(3)]  # silence: one packet per 400 ms
+    assert 0.75 < loop.time() - t0 < 1.1
+    assert [p.pts for p in silent] == [i * DTX_FRAMES * FRAME_SAMPLES for i in range(3)]
+    assert track.timestamp == (2 * DTX_FRAMES + 1) * FRAME_SAMPLES  # the play clock kept real time
+    assert len(track.sent_frames) == 10 and all(not f.any() for f in track.sent_frames)
+    track.push_audio(np.full(4800, 0.5, np.float32), OUT_RATE)  # 100 ms of speech
+    speech = [await track.recv() for _ in range(5 + HANGOVER + 1)]
+    steps = np.diff([p.pts for p in [silent[-1], *speech]])
+    assert steps[0] <= 2 * FRAME_SAMPLES  # the speech went out at the next tick
+    assert list(steps[1:]) == [FRAME_SAMPLES] * (4 + HANGOVER) + [FRAME_SAMPLES]  # then every 20 ms
+    decoder = av.CodecContext.create("libopus", "r")
+    pcm = np.concatenate([f.to_ndarray()[0] for p in speech[:5] for f in decoder.decode(p)])
+    assert np.abs(pcm.astype(np.float32) / 32767).max() > 0.3  # it decodes to the speech
+    assert (await track.recv()).pts - speech[-1].pts == DTX_FRAMES * FRAME_SAMPLES  # DTX again
+
+
+async def test_opus_track_sends_frames_where_opus_was_not_negotiated():
+    import av
+
+    from tracks.opus import OpusSpeechTrack
+
+    frame = await OpusSpeechTrack().recv()
+    assert isinstance(frame, av.AudioFrame)

@@ -21,7 +21,8 @@ from media import codecs
 from media.buffers import LatestFrame
 from server.transports.session import Session
 from tracks.inbound import read_audio, read_video
-from tracks.outbound import SpeechAudioTrack, SynthVideoTrack
+from tracks.opus import OpusSpeechTrack
+from tracks.outbound import SynthVideoTrack
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class Peer:
                 if transceiver.kind == "video":
                     transceiver.direction = "inactive"
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
+        # Opus negotiated: the audio track encodes itself, silence as DTX (tracks/opus.py)
+        self.session.audio_out.opus = any(
+            m.kind == "audio" and m.rtp.codecs and m.rtp.codecs[0].mimeType.lower() == "audio/opus"
+            for m in sdp.SessionDescription.parse(self.pc.localDescription.sdp).media)
         return self.pc.localDescription
 
     def open(self) -> bool:
@@ -138,7 +143,7 @@ class WebRTCSession(Session):
         self.last_seen = self.started
         self._heard = False  # any media or message from the client yet
         self.camera = LatestFrame(on_drop=self.metrics.frames_dropped.inc)
-        self.audio_out = SpeechAudioTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
+        self.audio_out = OpusSpeechTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
         self.video_out = SynthVideoTrack(self.camera, self.overlay_items, fps=self.settings.video_fps,
                                          on_frame=self.metrics.frames_out.labels("video").inc)
         self.resume_token: str | None = None  # given by the server where --resume-seconds > 0
