@@ -331,24 +331,27 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def encode_clip(frames: list[np.ndarray], make_encoder, bitrate: int) -> tuple[float, float]:
-    """(encoder CPU ms per frame, mean PSNR dB of the decoded frames against the input, from the
-    second second on) for an aiortc-style encoder at a fixed target bitrate."""
+    """(encoder CPU ms per frame, mean PSNR dB of the decoded frames against the input from the
+    second second on, kbps produced) for an aiortc-style encoder given a target bitrate (as the
+    receiver's estimate sets it)."""
     from aiortc.codecs.vpx import vp8_depayload
 
     encoder = make_encoder()
     encoder.target_bitrate = bitrate
     decoder = av.CodecContext.create("libvpx", "r")
     yuv = [av.VideoFrame.from_ndarray(f, format="bgr24").reformat(format="yuv420p") for f in frames]
-    cpu, scores = 0.0, []
+    cpu, scores, size = 0.0, [], 0
     for i, frame in enumerate(yuv):
         frame.pts, frame.time_base = i * VIDEO_CLOCK // FPS, fractions.Fraction(1, VIDEO_CLOCK)
         t = time.thread_time()
         payloads, _ = encoder.encode(frame)
         cpu += time.thread_time() - t
-        for out in decoder.decode(av.Packet(b"".join(vp8_depayload(p) for p in payloads))):
+        data = b"".join(vp8_depayload(p) for p in payloads)
+        size += len(data)
+        for out in decoder.decode(av.Packet(data)):
             if i >= FPS:
                 scores.append(psnr(out.to_ndarray(format="bgr24"), frames[i]))
-    return cpu / len(frames) * 1000, float(np.mean(scores))
+    return cpu / len(frames) * 1000, float(np.mean(scores)), size * 8 / (len(frames) / FPS) / 1000
 
 
 def codec_levers(sizes: list[tuple[int, int]], bitrates: list[int]) -> dict:
@@ -356,15 +359,16 @@ def codec_levers(sizes: list[tuple[int, int]], bitrates: list[int]) -> dict:
 
     from media import codecs
 
-    def ours(options):
-        return type("Encoder", (codecs.RealtimeVp8Encoder,), {"options": options})
+    def ours(options):  # these options, no bitrate cap
+        return type("Encoder", (codecs.RealtimeVp8Encoder,), {"options": options, "cap_bitrate": False})
 
     variants = [
         ("aiortc (cpu-used -6, noise-sensitivity 4)", Vp8Encoder),
         ("denoiser off (noise-sensitivity 0)", ours({"noise-sensitivity": "0"})),
         ("cpu-used -12", ours({"cpu-used": "-12"})),
         ("cpu-used -16", ours({"cpu-used": "-16"})),
-        ("media/codecs.py " + " ".join(f"{k} {v}" for k, v in codecs.OPTIONS.items()), ours(codecs.OPTIONS)),
+        ("both: " + ", ".join(f"{k} {v}" for k, v in codecs.OPTIONS.items()), ours(codecs.OPTIONS)),
+        ("both, bitrate capped by size (media/codecs.py)", codecs.RealtimeVp8Encoder),
     ]
     rows = []
     for w, h in sizes:
@@ -372,12 +376,14 @@ def codec_levers(sizes: list[tuple[int, int]], bitrates: list[int]) -> dict:
         for bitrate in bitrates:
             base = None
             for name, make in variants:
-                ms, db = encode_clip(frames, make, bitrate)
+                ms, db, kbps = encode_clip(frames, make, bitrate)
                 base = base or (ms, db)
                 rows.append({"size": f"{w}x{h}", "kbps": bitrate // 1000, "encoder": name, "cpu_ms": round(ms, 2),
+                             "sent_kbps": round(kbps),
                              "cpu_vs_aiortc": round(ms / base[0], 2), "psnr_db": round(db, 2),
                              "psnr_vs_aiortc_db": round(db - base[1], 2)})
-                print(f"  {w}x{h} {bitrate // 1000} kbps {name}: {ms:.2f} ms/frame, {db:.2f} dB", flush=True)
+                print(f"  {w}x{h} {bitrate // 1000} kbps {name}: {ms:.2f} ms/frame, {db:.2f} dB, {kbps:.0f} kbps",
+                      flush=True)
     return {"rows": rows}
 
 
@@ -387,9 +393,13 @@ def report(runs: dict, codec: dict | None, args) -> str:
     if codec:
         out += ["## The returned video's VP8 encoder, lever by lever (same clip, one thread)", "",
                 harness.markdown_table(
-                    ["size", "kbps", "encoder", "CPU ms/frame", "vs aiortc", "PSNR dB", "vs aiortc dB"],
-                    [[r["size"], str(r["kbps"]), r["encoder"], f"{r['cpu_ms']:.2f}", f"{r['cpu_vs_aiortc']:.2f}",
+                    ["size", "target kbps", "encoder", "sent kbps", "CPU ms/frame", "vs aiortc", "PSNR dB",
+                     "vs aiortc dB"],
+                    [[r["size"], str(r["kbps"]), r["encoder"], str(r["sent_kbps"]), f"{r['cpu_ms']:.2f}",
+                      f"{r['cpu_vs_aiortc']:.2f}",
                       f"{r['psnr_db']:.2f}", f"{r['psnr_vs_aiortc_db']:+.2f}"] for r in codec["rows"]]), ""]
+    if not runs:
+        return "\n".join(out)
     by_n: dict[int, dict] = {}
     for kind, run in runs.items():
         for step in run["steps"]:
@@ -441,11 +451,19 @@ async def main_async(args) -> None:
     harness.publish("capacity", report(runs, codec, args), {"args": vars(args), "runs": runs, "codec": codec})
 
 
+def servers(text: str) -> list[str]:
+    kinds = [k for k in text.split(",") if k]
+    if set(kinds) - {"ours", "echo"}:
+        raise ValueError(f"servers are ours and echo, not {text!r}")
+    return kinds
+
+
 def main() -> None:
     p = harness.parser(__doc__)
     harness.add_load_flags(p, "1,2,4,6,8,10,12,16,20,24", 8.0, levels_help="session counts, stepped up")
     p.add_argument("--size", default="320x240", help="the clients' camera size (default 320x240)")
-    p.add_argument("--servers", type=lambda t: t.split(","), default=["ours", "echo"])
+    p.add_argument("--servers", type=servers, default=["ours", "echo"],
+                   help="which servers to step up, in order (default ours,echo; '' for none)")
     p.add_argument("--codec", action="store_true", help="first measure the VP8 encoder's levers")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)

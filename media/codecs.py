@@ -38,11 +38,12 @@ AIORTC_OPTIONS = {
 # adapted to the deadline). Speed 16 loses 6 dB at 640x480; 12 keeps PSNR within 0.3 dB of 6.
 OPTIONS = {"cpu-used": "-12", "noise-sensitivity": "0"}
 # aiortc follows the receiver's bandwidth estimate up to 1.5 Mbps whatever the size (on loopback or
-# a LAN, 1.5 Mbps for 320x240). Without the denoiser the picture stops gaining from bits much
-# sooner: 0.07 bits per pixel at 25 fps, at least 400 kbps (320x240: 400 kbps, 35.4 dB; aiortc's
-# settings at 1.5 Mbps: 35.3 dB. 640x480: 538 kbps, 36.8 dB; aiortc at 1.5 Mbps: 36.4 dB).
-BITS_PER_PIXEL = 0.07
-MIN_BITRATE_CAP = 400_000
+# a LAN, 1-1.5 Mbps for 320x240). Without the denoiser the picture stops gaining from bits much
+# sooner: 0.05 bit per pixel at 25 fps, at least aiortc's own minimum, 250 kbps (320x240:
+# 250 kbps, 34.9 dB against the input; aiortc's settings at 1.5 Mbps: 35.3 dB. 640x480: 384 kbps,
+# 36.3 dB; aiortc at 1.5 Mbps: 36.4 dB; bench/capacity.py --codec).
+BITS_PER_PIXEL = 0.05
+MIN_BITRATE_CAP = vpx.MIN_BITRATE
 
 
 def bitrate_cap(width: int, height: int, fps: float = 25.0) -> int:
@@ -72,6 +73,7 @@ def libvpx_context(width: int, height: int, bitrate: int, options: dict[str, str
 
 class RealtimeVp8Encoder(vpx.Vp8Encoder):
     options = OPTIONS
+    cap_bitrate = True
     cap: int | None = None  # bits per second, from the frame size (bitrate_cap)
 
     @property
@@ -87,7 +89,7 @@ class RealtimeVp8Encoder(vpx.Vp8Encoder):
     def encode(self, frame: av.VideoFrame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
         if frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
-        self.cap = bitrate_cap(frame.width, frame.height)
+        self.cap = bitrate_cap(frame.width, frame.height) if self.cap_bitrate else None
         bitrate = self.target_bitrate
         if (self.codec is None or (frame.width, frame.height) != (self.codec.width, self.codec.height)
                 or abs(bitrate - self.codec.bit_rate) / self.codec.bit_rate > 0.1):
