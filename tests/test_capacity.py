@@ -136,6 +136,8 @@ async def test_opus_track_sends_silence_as_dtx_and_speech_every_20_ms():
 
     track = OpusSpeechTrack()
     track.opus = True
+    tapped = []
+    track.tap = tapped.append  # recording sees every frame of the play clock, DTX gaps included
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     silent = [await track.recv() for _ in range(3)]  # silence: one packet per 400 ms
@@ -143,6 +145,7 @@ async def test_opus_track_sends_silence_as_dtx_and_speech_every_20_ms():
     assert [p.pts for p in silent] == [i * DTX_FRAMES * FRAME_SAMPLES for i in range(3)]
     assert track.timestamp == (2 * DTX_FRAMES + 1) * FRAME_SAMPLES  # the play clock kept real time
     assert len(track.sent_frames) == 10 and all(not f.any() for f in track.sent_frames)
+    assert [f.pts for f in tapped] == [i * FRAME_SAMPLES for i in range(2 * DTX_FRAMES + 1)]
     track.push_audio(np.full(4800, 0.5, np.float32), OUT_RATE)  # 100 ms of speech
     speech = [await track.recv() for _ in range(5 + HANGOVER + 1)]
     steps = np.diff([p.pts for p in [silent[-1], *speech]])

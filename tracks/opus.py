@@ -3,7 +3,7 @@
 Most sessions return silence most of the time (``gender`` never speaks). aiortc would encode
 every 20 ms frame of it (its Opus encoder, on a worker thread) and send 50 RTP packets a second.
 ``OpusSpeechTrack`` keeps ``SpeechAudioTrack``'s play clock (a 20 ms tick, ``timestamp``,
-``sent_frames``, ``on_frame``) but hands aiortc's sender encoded packets, which it sends as they
+``sent_frames``, ``on_frame``, ``tap``) but hands aiortc's sender encoded packets, which it sends as they
 are: speech, and the first 200 ms of silence after it, encoded 20 ms at a time; then, as WebRTC's
 Opus DTX does, one packet of silence (3 bytes, encoded once) every 400 ms and nothing between:
 receivers play silence through the gaps (RTP timestamps keep real time). Speech queued during a
@@ -68,6 +68,10 @@ class OpusSpeechTrack(SpeechAudioTrack):
         self.timestamp += FRAME_SAMPLES
         if self.on_frame:
             self.on_frame()
+        if self.tap:  # recording: every frame of the play clock, sent or a DTX gap
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = OUT_RATE, pts, TIME_BASE
+            self.tap(frame)
         return pts, samples, silent
 
     async def recv(self):
