@@ -144,6 +144,9 @@ class Request:
 
 WINDOW_STEP = SAMPLE_RATE  # windows are whole seconds
 WINDOW_MARGIN = 1.0  # seconds of silence at least after the speech
+# Shorter windows mishear short utterances (tiny.en: "Good morning" heard as "Got more digging"
+# with a 2-8 s window, right with 9 s and more).
+MIN_WINDOW = 10
 # A window much shorter than the 30 s Whisper was trained on makes greedy decoding loop over the
 # utterance again ("Where is the station? Where is the station? ..."); a repetition penalty stops it
 # (bench/translation_bench.py: WER 14.9% against 18.5% for the padded 30 s window, 24 utterances).
@@ -156,9 +159,10 @@ class WhisperASR:
 
     ``recognize`` does what faster-whisper's ``transcribe`` does for one short utterance, greedy,
     without timestamps, but encodes a window only as long as the longest utterance of the batch
-    plus a second of silence, rounded up to whole seconds, instead of Whisper's padded 30 s: the
-    encoder's cost follows the window (about 20x less for a 3 s utterance), and the utterances of
-    several sessions share one encoder and one decoder call.
+    plus a second of silence, rounded up to whole seconds, at least ``MIN_WINDOW`` (10 s), instead
+    of Whisper's padded 30 s: the encoder's cost follows the window (a 10 s window is about a
+    third of the work), and the utterances of several sessions share one encoder and one
+    decoder call.
     """
 
     def __init__(self, name: str, device: str = "cpu", threads: int = 2):
@@ -188,7 +192,8 @@ class WhisperASR:
         longest = max(len(a) for a in audio)
         if longest > (MAX_WINDOW - WINDOW_MARGIN) * SAMPLE_RATE:
             return [self._long(a, r) for a, r in zip(audio, requests)]
-        window = -(-(longest + int(WINDOW_MARGIN * SAMPLE_RATE)) // WINDOW_STEP) * WINDOW_STEP
+        window = max(MIN_WINDOW * SAMPLE_RATE,
+                     -(-(longest + int(WINDOW_MARGIN * SAMPLE_RATE)) // WINDOW_STEP) * WINDOW_STEP)
         frames = window // self.model.feature_extractor.hop_length
         features = np.stack([self.model.feature_extractor(np.pad(a, (0, window - len(a))))[:, :frames]
                              for a in audio])
