@@ -41,10 +41,11 @@ class EmotionModels:
 
 
 def _frames_to_images(backend):
-    """The face backend's predict over (camera, frame, last face box) items; the colour
-    conversion runs on the model's worker thread through the camera's shared, thread-safe converter."""
+    """The face backend's predict over (camera, frame, last face box, frames without a face)
+    items; the colour conversion runs on the model's worker thread through the camera's shared,
+    thread-safe converter."""
     def predict(items):
-        return backend.predict([(camera.to_array(frame), near) for camera, frame, near in items])
+        return backend.predict([(camera.to_array(frame), *rest) for camera, frame, *rest in items])
     return predict
 
 

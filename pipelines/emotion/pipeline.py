@@ -141,6 +141,7 @@ class EmotionPipeline(Pipeline):
         seen = camera.received
         faceless_since: float | None = None
         warned = False
+        misses = 0  # frames in a row without a face: each searches the next tile for small faces
         while True:
             await asyncio.sleep(1.0 / self.options["face_fps"])
             frame = camera.frame
@@ -150,12 +151,13 @@ class EmotionPipeline(Pipeline):
             t0 = time.perf_counter()
             try:
                 near = tuple(self.face.detail["box"]) if self.face is not None else None
-                result = await self.models.face_model.predict((camera, frame, near))
+                result = await self.models.face_model.predict((camera, frame, near, misses))
             except Overloaded:
                 self.context.emit_error(self.name, "face stage is overloaded; frame skipped")
                 continue
             self.context.observe_inference(self.name, "face", time.perf_counter() - t0)
             now = time.monotonic()
+            misses = 0 if result is not None else misses + 1
             if result is None:
                 faceless_since = faceless_since or now
                 if now - self.face_time > self._face_hold():
