@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import numpy as np
 import pytest
 from av import AudioResampler
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
+from server.auth import AuthError, mint_token, verify_token
 from testing.media import espeak, load_audio
-from testing.translation import EN_TEXT, SPANISH_WORDS, words
+from testing.server import in_process
+from testing.translation import EN_TEXT, words
+from tests.test_resume import offer_sdp
+from tests.test_translation_server import spanish_words_heard
+
+SECRET = "rooms-secret"
 
 
 def room_client(url: str, room: str, name: str, pipelines: list[str], options: dict | None = None,
@@ -114,8 +121,33 @@ async def test_a_room_translates_each_speaker_for_the_other(media_server):
         returned = np.concatenate([f.to_ndarray().reshape(-1) for _, frame in listener.by_mid[own_audio_mid]
                                    for f in resampler.resample(frame)])
         assert (np.abs(returned) > 0.01).sum() > 16000 * 0.5, "no translated speech arrived"
-        from tests.test_translation_server import spanish_words_heard
         assert len(spanish_words_heard(returned)) >= 3
     finally:
         await speaker.close()
         await listener.close()
+
+
+async def test_room_names_tokens_and_bad_fields(settings):
+    """``POST /rooms`` names are unguessable; a token bound to a room joins that room only; bad
+    participant fields answer 400 and leave no room behind."""
+    settings.auth_secret = SECRET
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, 60, room='ours')}"}
+    async with in_process(settings) as running, aiohttp.ClientSession(headers=headers) as http:
+        names = set()
+        for _ in range(2):
+            async with http.post(running.url + "/rooms") as resp:
+                assert resp.status == 200
+                names.add((await resp.json())["room"])
+        assert len(names) == 2 and all(len(n) >= 22 for n in names)
+        sdp = await offer_sdp()
+        for body, status, message in [
+                ({"room": "theirs"}, 403, "own room"), ({}, 403, "own room"),
+                ({"room": "ours", "display_name": 7}, 400, "display_name"),
+                ({"room": "ours", "original_volume": 2}, 400, "original_volume"),
+                ({"room": "ours", "hear": "Spanish!"}, 400, "hear")]:
+            async with http.post(running.url + "/offer", json={"sdp": sdp, "type": "offer", "pipelines": [],
+                                                               **body}) as resp:
+                assert resp.status == status and message in (await resp.json())["error"], body
+        assert not running.server.rooms.rooms and not running.server.sessions
+    with pytest.raises(AuthError, match="own room"):
+        verify_token(SECRET, mint_token(SECRET, 60, room="ours")).check_room("theirs")
