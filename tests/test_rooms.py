@@ -151,3 +151,40 @@ async def test_room_names_tokens_and_bad_fields(settings):
         assert not running.server.rooms.rooms and not running.server.sessions
     with pytest.raises(AuthError, match="own room"):
         verify_token(SECRET, mint_token(SECRET, 60, room="ours")).check_room("theirs")
+
+
+class FakeSession:
+    """What a Room touches of a session: its id, taps, emit, spawn, pipelines."""
+
+    def __init__(self, id: str):
+        self.id, self.taps, self.pipelines, self.events, self.room = id, [], {}, [], None
+        self.audio_out = None
+
+    def emit(self, type, **fields):
+        self.events.append({"type": type, **fields})
+        for tap in self.taps:
+            tap(type, fields)
+
+    def spawn(self, coro, name):
+        coro.close()
+
+
+def test_events_are_shared_by_choice():
+    """Gender and translation always reach the others, tagged; emotion only with ``share``;
+    nothing of a participant whose connection is lost; forwarded events are not forwarded again."""
+    from server.rooms import Room, participant_options
+    room = Room("x", 4, on_empty=lambda room: None)
+    sessions = {name: FakeSession(name) for name in ("ann", "bea", "cy")}
+    for name, share in (("ann", ["emotion"]), ("bea", []), ("cy", [])):
+        room.join(sessions[name], participant_options({"display_name": name, "share": share}, None))
+        room.participants[name].present = True
+    sessions["ann"].emit("emotion", label="happy")
+    sessions["bea"].emit("emotion", label="sad")
+    sessions["bea"].emit("gender", label="female")
+    sessions["bea"].emit("pong", id=1)
+    got = lambda who: [(e["type"], e.get("participant"), e.get("label")) for e in sessions[who].events]  # noqa: E731
+    assert got("cy") == [("emotion", "ann", "happy"), ("gender", "bea", "female")]
+    assert got("ann") == [("emotion", None, "happy"), ("gender", "bea", "female")]  # her own: untagged
+    room.detach(sessions["bea"])
+    sessions["bea"].emit("gender", label="female")
+    assert ("participant_left", "bea", None) in got("cy") and got("cy").count(("gender", "bea", "female")) == 1
