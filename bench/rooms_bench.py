@@ -55,7 +55,7 @@ class SentenceTrack(ArrayAudioTrack):
         return len(self.pcm) / RATE
 
 
-async def run_rooms(url: str, rooms: int, clips: list[np.ndarray]) -> tuple[list[float], int]:
+async def run_rooms(url: str, rooms: int, clips: list[np.ndarray]) -> tuple[list[float], int, int]:
     pairs = []
     for i in range(rooms):
         room = f"bench-{rooms}-{i}-{time.monotonic_ns()}"
@@ -70,15 +70,17 @@ async def run_rooms(url: str, rooms: int, clips: list[np.ndarray]) -> tuple[list
         pairs.append((speaker, listener, SentenceTrack(clips)))
     await asyncio.gather(*(s.connect(track) for s, _, track in pairs))
     await asyncio.sleep(pairs[0][2].seconds + 15)  # the last sentence's translation arrives
-    latencies, heard = [], 0
+    latencies, heard, captions = [], 0, 0
     for speaker, listener, track in pairs:
+        captions += sum(e["type"] == "translation" and e.get("final") and "participant" in e
+                        for e in harness.drain(listener))
         own = next(t.mid for t in listener.pc.getTransceivers() if t.kind == "audio")
         loud = [t for t, frame in listener.by_mid.get(own, []) if frame_level(frame) > AUDIBLE]
         bursts = [t for i, t in enumerate(loud) if i == 0 or t - loud[i - 1] > BURST_GAP]
         heard += min(len(bursts), len(track.sent))
         latencies += [start - end for start, end in zip(bursts, track.sent)]
     await asyncio.gather(*(c.close() for pair in pairs for c in pair[:2]))
-    return latencies, heard
+    return latencies, heard, captions
 
 
 async def main() -> None:
@@ -98,13 +100,13 @@ async def main() -> None:
             await asyncio.sleep(1)
         await run_rooms(server.url, 1, clips[:1])  # warm-up: first inferences, first connections
         for rooms in harness.int_list(args.rooms):
-            latencies, heard = await run_rooms(server.url, rooms, clips)
+            latencies, heard, captions = await run_rooms(server.url, rooms, clips)
             ms = [round(x * 1000) for x in latencies]
-            rows.append([str(rooms), str(rooms * len(clips)), str(heard),
+            rows.append([str(rooms), str(rooms * len(clips)), str(captions), str(heard),
                          f"{harness.pct(ms, 50) or 0:.0f}" if ms else "-",
                          f"{harness.pct(ms, 95) or 0:.0f}" if ms else "-"])
     print(f"rooms bench, commit {harness.git_commit()}\n")
-    print(harness.markdown_table(["rooms of two", "sentences", "heard", "end of sentence → heard p50 (ms)",
+    print(harness.markdown_table(["rooms of two", "sentences", "captions received", "heard", "end of sentence → heard p50 (ms)",
                                   "p95 (ms)"], rows))
 
 

@@ -16,6 +16,7 @@ from testing.media import espeak, load_audio
 from testing.server import in_process
 from testing.translation import EN_TEXT, words
 from tests.test_resume import offer_sdp
+from tests.test_translation import ES_TEXT
 from tests.test_translation_server import spanish_words_heard
 
 SECRET = "rooms-secret"
@@ -26,6 +27,16 @@ def room_client(url: str, room: str, name: str, pipelines: list[str], options: d
     client = StreamClient(url, pipelines, options, receive_slots=slots)
     client.body = {"room": room, "display_name": name, **fields}
     return client
+
+
+async def next_from(client: StreamClient, participant: str, type: str, timeout: float = 90) -> dict:
+    """The next ``type`` event of another participant (one's own come untagged)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        event = await client.next_event(type, timeout=max(0.1, deadline - time.monotonic()))
+        if "participant" in event:
+            assert event["participant"] == participant
+            return event
 
 
 async def wait_until(predicate, timeout: float, what: str) -> None:
@@ -95,15 +106,18 @@ async def test_a_vanished_participant_is_removed_within_the_heartbeat_timeout(me
 
 async def test_a_room_translates_each_speaker_for_the_other(media_server):
     """English speaker, Spanish listener: the listener reads the speaker's translation tagged
-    with the speaker's id and hears Spanish on its own returned audio track."""
+    with the speaker's id and hears Spanish on its own returned audio track; at the same time the
+    Spanish speaker's English reaches the English one."""
     speech = load_audio(espeak("en-us", EN_TEXT))
     audio = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(16000, np.float32)])
+    spanish = np.concatenate([np.zeros(8000, np.float32), load_audio(espeak("es", ES_TEXT)),
+                              np.zeros(16000, np.float32)])
     speaker = room_client(media_server.url, "call", "Ann", ["translation"],
                           {"translation": {"source": "en", "target": "es"}})
     listener = room_client(media_server.url, "call", "Bea", ["translation"],
                            {"translation": {"source": "es", "target": "en"}})
     listener.keep_frames = 1500
-    await listener.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True))
+    await listener.connect(ArrayAudioTrack(spanish, 16000))
     await listener.next_event("room")
     await speaker.connect(ArrayAudioTrack(audio, 16000))
     try:
@@ -111,9 +125,11 @@ async def test_a_room_translates_each_speaker_for_the_other(media_server):
         assert joined["languages"] == {"speaks": "en", "hears": "en", "translated_to": "es"}
         finals = []
         while not any({"café", "agua", "taza", "vaso"} & set(words(e["text"])) for e in finals):
-            event = await listener.next_event("translation", timeout=90)
-            assert event["participant"] == speaker.session_id and event["target_lang"] == "es"
+            event = await next_from(listener, speaker.session_id, "translation")
+            assert event["target_lang"] == "es"
             finals.append(event)
+        back = await next_from(speaker, listener.session_id, "translation")  # the other direction, meanwhile
+        assert back["target_lang"] == "en" and back["source_lang"] == "es"
         session = media_server.server.sessions[listener.session_id]
         await asyncio.sleep(session.audio_out.queued_seconds + 0.5)
         own_audio_mid = next(t.mid for t in listener.pc.getTransceivers() if t.kind == "audio")
