@@ -309,6 +309,8 @@ class Room:
 
     # --- events and translated speech ----------------------------------------------------------
     def _forward(self, speaker: Participant, type: str, fields: dict) -> None:
+        if type == "config":  # a changed translation target changes who hears the original how loud
+            self.refresh()
         pipeline = EVENT_PIPELINE.get(type)
         if pipeline is None or pipeline not in speaker.share or not speaker.present or "participant" in fields:
             return  # not shared, or itself another participant's event forwarded here
