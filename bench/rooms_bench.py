@@ -6,7 +6,8 @@ hears Spanish) who stays silent. The listener's own returned audio track carries
 speaker's translated speech (its own translation has nothing to say): its k-th burst of sound
 (bursts apart by over a second of silence) is the k-th sentence's translation, and the latency of
 a sentence is the start of its burst minus the moment the sentence's last voiced sample left the
-speaker's client. A warm-up room (one sentence, not reported) runs first. Run with 1 and 3 rooms
+speaker's client. The speaker's own returned audio carries the same translation (as a lone
+session's does): measured the same way, it is the baseline of the same run. A warm-up room (one sentence, not reported) runs first. Run with 1 and 3 rooms
 at once:
 
     python -m bench.rooms_bench --rooms 1,3
@@ -55,32 +56,37 @@ class SentenceTrack(ArrayAudioTrack):
         return len(self.pcm) / RATE
 
 
-async def run_rooms(url: str, rooms: int, clips: list[np.ndarray]) -> tuple[list[float], int, int]:
+def burst_latencies(client: StreamClient, sent: list[float]) -> list[float]:
+    """Start of the k-th burst of sound on the client's own returned audio minus the k-th sentence's end."""
+    own = next(t.mid for t in client.pc.getTransceivers() if t.kind == "audio")
+    loud = [t for t, frame in client.by_mid.get(own, []) if frame_level(frame) > AUDIBLE]
+    bursts = [t for i, t in enumerate(loud) if i == 0 or t - loud[i - 1] > BURST_GAP]
+    return [start - end for start, end in zip(bursts, sent)]
+
+
+async def run_rooms(url: str, rooms: int, clips: list[np.ndarray]) -> dict:
     pairs = []
     for i in range(rooms):
         room = f"bench-{rooms}-{i}-{time.monotonic_ns()}"
         listener = StreamClient(url, ["translation"], {"translation": {"source": "es", "target": "en"}},
                                 receive_slots=1)
         listener.body = {"room": room, "display_name": "listener"}
-        listener.keep_frames = 100_000
         await listener.connect(ArrayAudioTrack(np.zeros(RATE, np.float32), RATE, loop=True))
         speaker = StreamClient(url, ["translation"], {"translation": {"source": "en", "target": "es"}},
                                receive_slots=1)
         speaker.body = {"room": room, "display_name": "speaker"}
+        listener.keep_frames = speaker.keep_frames = 100_000
         pairs.append((speaker, listener, SentenceTrack(clips)))
     await asyncio.gather(*(s.connect(track) for s, _, track in pairs))
-    await asyncio.sleep(pairs[0][2].seconds + 15)  # the last sentence's translation arrives
-    latencies, heard, captions = [], 0, 0
+    await asyncio.sleep(pairs[0][2].seconds + 25)  # the last sentence's translation arrives
+    result = {"listener": [], "speaker": [], "captions": 0}
     for speaker, listener, track in pairs:
-        captions += sum(e["type"] == "translation" and e.get("final") and "participant" in e
-                        for e in harness.drain(listener))
-        own = next(t.mid for t in listener.pc.getTransceivers() if t.kind == "audio")
-        loud = [t for t, frame in listener.by_mid.get(own, []) if frame_level(frame) > AUDIBLE]
-        bursts = [t for i, t in enumerate(loud) if i == 0 or t - loud[i - 1] > BURST_GAP]
-        heard += min(len(bursts), len(track.sent))
-        latencies += [start - end for start, end in zip(bursts, track.sent)]
+        result["captions"] += sum(e["type"] == "translation" and e.get("final") and "participant" in e
+                                  for e in harness.drain(listener))
+        result["listener"] += burst_latencies(listener, track.sent)
+        result["speaker"] += burst_latencies(speaker, track.sent)  # its own translation, as a lone session hears it
     await asyncio.gather(*(c.close() for pair in pairs for c in pair[:2]))
-    return latencies, heard, captions
+    return result
 
 
 async def main() -> None:
@@ -100,14 +106,16 @@ async def main() -> None:
             await asyncio.sleep(1)
         await run_rooms(server.url, 1, clips[:1])  # warm-up: first inferences, first connections
         for rooms in harness.int_list(args.rooms):
-            latencies, heard, captions = await run_rooms(server.url, rooms, clips)
-            ms = [round(x * 1000) for x in latencies]
-            rows.append([str(rooms), str(rooms * len(clips)), str(captions), str(heard),
-                         f"{harness.pct(ms, 50) or 0:.0f}" if ms else "-",
-                         f"{harness.pct(ms, 95) or 0:.0f}" if ms else "-"])
+            result = await run_rooms(server.url, rooms, clips)
+            ms = [round(x * 1000) for x in result["listener"]]
+            own = [round(x * 1000) for x in result["speaker"]]
+            pct = lambda values, q: f"{harness.pct(values, q):.0f}" if values else "-"  # noqa: E731
+            rows.append([str(rooms), str(rooms * len(clips)), str(result["captions"]), str(len(ms)),
+                         pct(ms, 50), pct(ms, 95), pct(own, 50), pct(own, 95)])
     print(f"rooms bench, commit {harness.git_commit()}\n")
-    print(harness.markdown_table(["rooms of two", "sentences", "captions received", "heard", "end of sentence → heard p50 (ms)",
-                                  "p95 (ms)"], rows))
+    print("end of sentence -> its translated speech heard, ms")
+    print(harness.markdown_table(["rooms of two", "sentences", "captions at the listener", "heard by the listener",
+                                  "listener p50", "listener p95", "speaker itself p50", "speaker itself p95"], rows))
 
 
 if __name__ == "__main__":
