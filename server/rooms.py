@@ -329,10 +329,6 @@ class Room:
                         listener.session.emit_error("translation", "outbound audio queue is full; "
                                                     f"{speaker.display_name or speaker.id}'s speech dropped")
 
-    def describe(self) -> dict:
-        return {"room": self.name, "size": self.size,
-                "participants": [p.describe() | {"present": p.present} for p in self.participants.values()]}
-
 
 class RoomRegistry:
     def __init__(self, settings):
@@ -359,6 +355,3 @@ class RoomRegistry:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             log.info("room %s is empty and gone", room.name)
-
-    def stats(self) -> dict:
-        return {"rooms": len(self.rooms), "participants": sum(len(r.participants) for r in self.rooms.values())}
