@@ -325,7 +325,7 @@ class Room:
             language = speaker.translates_to
             for listener in self.others(speaker):
                 if listener.hear == language and listener.session.audio_out is not None:
-                    if not listener.session.audio_out.push_audio(item["samples"], item["sample_rate"]):
+                    if not listener.session.audio_out.push_audio(item["samples"], item["sample_rate"], "room"):
                         listener.session.emit_error("translation", "outbound audio queue is full; "
                                                     f"{speaker.display_name or speaker.id}'s speech dropped")
 

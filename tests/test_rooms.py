@@ -11,6 +11,7 @@ import pytest
 from av import AudioResampler
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
+from media.audio import to_pcm16
 from server.auth import AuthError, mint_token, verify_token
 from testing.media import espeak, load_audio
 from testing.server import in_process
@@ -106,8 +107,8 @@ async def test_a_vanished_participant_is_removed_within_the_heartbeat_timeout(me
 
 async def test_a_room_translates_each_speaker_for_the_other(media_server):
     """English speaker, Spanish listener: the listener reads the speaker's translation tagged
-    with the speaker's id and hears Spanish on its own returned audio track; at the same time the
-    Spanish speaker's English reaches the English one."""
+    with the speaker's id and hears Spanish on its own returned audio track; then the Spanish
+    speaker's English reaches the English one."""
     speech = load_audio(espeak("en-us", EN_TEXT))
     audio = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(16000, np.float32)])
     spanish = np.concatenate([np.zeros(8000, np.float32), load_audio(espeak("es", ES_TEXT)),
@@ -117,7 +118,8 @@ async def test_a_room_translates_each_speaker_for_the_other(media_server):
     listener = room_client(media_server.url, "call", "Bea", ["translation"],
                            {"translation": {"source": "es", "target": "en"}})
     listener.keep_frames = 1500
-    await listener.connect(ArrayAudioTrack(spanish, 16000))
+    voice = ArrayAudioTrack(np.zeros(16000, np.float32), 16000)  # silent, then (below) speaking Spanish
+    await listener.connect(voice)
     await listener.next_event("room")
     await speaker.connect(ArrayAudioTrack(audio, 16000))
     try:
@@ -128,8 +130,6 @@ async def test_a_room_translates_each_speaker_for_the_other(media_server):
             event = await next_from(listener, speaker.session_id, "translation")
             assert event["target_lang"] == "es"
             finals.append(event)
-        back = await next_from(speaker, listener.session_id, "translation")  # the other direction, meanwhile
-        assert back["target_lang"] == "en" and back["source_lang"] == "es"
         session = media_server.server.sessions[listener.session_id]
         await asyncio.sleep(session.audio_out.queued_seconds + 0.5)
         own_audio_mid = next(t.mid for t in listener.pc.getTransceivers() if t.kind == "audio")
@@ -138,6 +138,12 @@ async def test_a_room_translates_each_speaker_for_the_other(media_server):
                                    for f in resampler.resample(frame)])
         assert (np.abs(returned) > 0.01).sum() > 16000 * 0.5, "no translated speech arrived"
         assert len(spanish_words_heard(returned)) >= 3
+
+        # The other way: Bea speaks Spanish, Ann reads her English (from here on, Bea's own track
+        # also carries her own English, as a lone session's does).
+        voice.pcm = np.concatenate([np.zeros(voice.pos, np.int16), to_pcm16(spanish)])
+        back = await next_from(speaker, listener.session_id, "translation")
+        assert back["target_lang"] == "en" and back["source_lang"] == "es" and back["text"]
     finally:
         await speaker.close()
         await listener.close()
