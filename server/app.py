@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCSessionDescription
 
 from inference import ModelRegistry
 from pipelines import PIPELINES
@@ -21,6 +21,7 @@ from server.load import RETRY_AFTER, LoadMonitor, process_figures
 from server.metrics import Metrics
 from server.resume import ResumeTokens
 from server import recording
+from server.rooms import RoomError, RoomRegistry, new_room_name, participant_options
 from server.transports.session import Session
 from server.transports.webrtc import WebRTCSession
 from server.turn import client_ice_servers
@@ -89,11 +90,18 @@ class MediaServer:
         self.load = LoadMonitor(settings, self.metrics, self.sessions.values)
         self.started = time.monotonic()
         self.rtc_configuration = RTCConfiguration(iceServers=ice_servers(settings))
+        # A room's offer has several m-lines of a kind; aiortc's default (balanced) bundling then
+        # leaves the second video one on a transport that never connects. Browsers always bundle.
+        self.room_rtc_configuration = RTCConfiguration(iceServers=self.rtc_configuration.iceServers,
+                                                       bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         self.security = Security(settings)  # raises ValueError: a public address without auth
         self.limits = AddressLimits(settings, self._sessions_of)  # raises ValueError: a bad --trusted-proxy
         if bool(settings.turn_urls) != bool(settings.turn_secret):
             raise ValueError("--turn-url and --turn-secret go together (short-lived TURN credentials)")
         self.resume_tokens = ResumeTokens()
+        self.rooms = RoomRegistry(settings)
+        if settings.room_size < 1:
+            raise ValueError(f"--room-size must be at least 1, not {settings.room_size}")
         restrict_ice_hosts(settings.ice_hosts)
         unknown = set(settings.pipelines) - set(PIPELINES)
         if unknown:
@@ -110,6 +118,7 @@ class MediaServer:
                               middlewares=[json_errors, self.limits.middleware, self.security.middleware])
         app.router.add_get("/", self.index)
         app.router.add_post("/offer", self.offer)
+        app.router.add_post("/rooms", self.new_room)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_get("/ice-servers", self.ice_servers_endpoint)
@@ -176,6 +185,8 @@ class MediaServer:
         self.metrics.sessions_total.inc()
 
     def _closed(self, session: Session) -> None:
+        if getattr(session, "room", None) is not None:
+            session.room.leave(session)
         if self.sessions.pop(session.id, None) is not None:
             self.metrics.sessions.set(len(self.sessions))
 
@@ -285,6 +296,7 @@ class MediaServer:
             return error(400, f"unknown pipeline(s) {unknown}; valid: {sorted(PIPELINES)}")
         try:
             request[GRANT].check(names)
+            request[GRANT].check_room(body.get("room"))
         except AuthError as exc:
             return error(exc.status, exc.message)
         record = body.get("record", False)
@@ -292,12 +304,18 @@ class MediaServer:
             return error(400, '"record" must be true or false')
         if record and not self.settings.record_dir:
             return error(400, "this server does not record sessions (start it with --record-dir DIR)")
+        if "room" in body:
+            try:
+                self.rooms.check(body["room"])
+            except RoomError as exc:
+                return error(exc.status, exc.message)
         if (problem := malformed_sdp(body["sdp"])) is not None:
             return error(400, problem)
         if (full := self.full(request.get(CLIENT))) is not None:
             return full
 
-        session = WebRTCSession(self.settings, self.metrics, self.models, self.rtc_configuration,
+        session = WebRTCSession(self.settings, self.metrics, self.models,
+                                self.room_rtc_configuration if "room" in body else self.rtc_configuration,
                                 on_close=self._closed)
         try:
             session.add_pipelines({n: (PIPELINES[n], options.get(n, {})) for n in dict.fromkeys(names)})
@@ -307,6 +325,14 @@ class MediaServer:
         if (problem := ghost_sdp(body["sdp"])) is not None:  # it could never connect, and would hold a slot
             await session.close()
             return error(400, problem)
+        if "room" in body:
+            try:
+                translation = session.pipelines.get("translation")
+                self.rooms.join(body["room"], session,
+                                participant_options(body, translation.options if translation else None))
+            except RoomError as exc:
+                await session.close()
+                return error(exc.status, exc.message)
         if self.settings.resume_seconds > 0:
             session.resume_token = self.resume_tokens.token(session.id)
         self._opened(session, request.get(CLIENT))
@@ -322,6 +348,11 @@ class MediaServer:
             return error(400, f"malformed SDP: {exc}")
         log.info("session %s started with pipelines %s", session.id, list(session.pipelines))
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
+
+    async def new_room(self, request: web.Request) -> web.Response:
+        """``POST /rooms``: an unguessable room name for a share link (the room itself is made
+        by its first offer, and vanishes with its last participant)."""
+        return web.json_response({"room": new_room_name(), "size": self.settings.room_size})
 
     async def resume(self, request: web.Request, body: dict) -> web.Response:
         """``POST /offer`` with ``{"resume": token}``: a new peer connection for a WebRTC session

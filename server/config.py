@@ -65,6 +65,7 @@ class Settings:
     record_dir: str = ""  # server/recording.py: offers with "record": true are recorded here
     record_max_mb: float = 1024.0
     record_max_seconds: float = 3600.0
+    room_size: int = 4  # server/rooms.py: participants in one room
     per_pipeline: dict[str, Any] = field(default_factory=_pipeline_settings, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -135,6 +136,7 @@ _ENV = {
                    "(none: recording is refused)"),
     "record_max_mb": ("MMS_RECORD_MAX_MB", "a recording stops at this size (MB; 0: no limit)"),
     "record_max_seconds": ("MMS_RECORD_MAX_SECONDS", "a recording stops after this many seconds (0: no limit)"),
+    "room_size": ("MMS_ROOM_SIZE", "participants in one room (an offer naming a full room answers 409)"),
 }
 
 

@@ -84,10 +84,12 @@ class Peer:
                        if m.direction in ("sendrecv", "recvonly")}
         if "video" in takes_video:
             self.pc.addTrack(Feed(self.session.video_out))
-        elif not any(p.uses_camera for p in self.session.pipelines.values()):
+        elif self.session.room is None and not any(p.uses_camera for p in self.session.pipelines.values()):
             for transceiver in self.pc.getTransceivers():
                 if transceiver.kind == "video":
                     transceiver.direction = "inactive"
+        if self.session.room is not None:  # the further m-lines carry the others (server/rooms.py)
+            self.session.room.attach(self)
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
         # Opus negotiated: the audio track encodes itself, silence as DTX (tracks/opus.py)
         self.session.audio_out.opus = any(
@@ -101,6 +103,8 @@ class Peer:
     def _on_track(self, track) -> None:
         session = self.session
         counter = session.metrics.frames_in.labels(track.kind)
+        if session.room is not None:  # the room relays it to the others; the session reads a copy
+            track = session.room.inbound(session, track)
 
         def on_frame():
             session.touch()
@@ -147,6 +151,7 @@ class WebRTCSession(Session):
         self.video_out = SynthVideoTrack(self.camera, self.overlay_items, fps=self.settings.video_fps,
                                          on_frame=self.metrics.frames_out.labels("video").inc)
         self.resume_token: str | None = None  # given by the server where --resume-seconds > 0
+        self.room = None  # server/rooms.py Room, where the offer named one
         self.peer = Peer(self, configuration)
         self._overlays: dict[str, tuple] = {}  # pipeline -> tracks.overlay items
         self._unsent: deque[str] = deque(maxlen=MAX_UNSENT)  # events emitted while no channel was open
@@ -214,6 +219,8 @@ class WebRTCSession(Session):
         if peer is not self.peer or peer.lost or self._closing:
             return
         self._close_peer(peer)
+        if self.room is not None:  # the others are told now, not when the resume wait ends
+            self.room.detach(self)
         seconds = self.settings.resume_seconds
         if seconds <= 0 or not self._ready_sent or not self._heard:  # a ghost: nothing to resume
             log.info("session %s: %s, closing", self.id, why)
@@ -252,6 +259,8 @@ class WebRTCSession(Session):
                 self._dropped = 0
         while self._unsent and peer.open():
             peer.channel.send(self._unsent.popleft())
+        if self.room is not None:
+            self.room.opened(self)
 
     async def _handle_message(self, message) -> None:
         msg = self.parse(message)
