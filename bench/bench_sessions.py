@@ -92,7 +92,7 @@ async def run_level(kind: str, n: int, args, speech: np.ndarray, onset_sample: i
             rss_peak = 0
             loads = []  # ours: /health's load_detail once a second (server/load.py)
             end = t0 + args.duration
-            while (now := time.monotonic()) < end:
+            while time.monotonic() < end:
                 with contextlib.suppress(psutil.Error):
                     rss_peak = max(rss_peak, server.ps.memory_info().rss)
                 if kind == "ours" and (detail := ((await get_json(http, f"{server.url}/health")) or {}).get("load_detail")):

@@ -100,7 +100,7 @@ class Soak:
     async def settle(self, http, url: str, timeout: float) -> dict:
         """/health once no session is left (or ``timeout`` passed), after a short pause."""
         deadline = time.monotonic() + timeout
-        while (figures := await self.health(http, url))["sessions"] and time.monotonic() < deadline:
+        while (await self.health(http, url))["sessions"] and time.monotonic() < deadline:
             await asyncio.sleep(0.25)
         await asyncio.sleep(2.5)  # closing sessions' last callbacks; the server's memory trim (1 s samples)
         return await self.health(http, url)
