@@ -9,7 +9,7 @@ PORT   ?= 8080
 # Debian packages: the browser for end-to-end tests, speech programs/recordings for test voices, and
 # HAProxy in front of the media servers of `make cluster`.
 APT_PACKAGES := chromium espeak-ng flite pocketsphinx-testdata \
-                apertium apertium-eng-spa apertium-eng-cat apertium-fr-es \
+                apertium apertium-eng-spa apertium-eng-cat apertium-fr-es fonts-dejavu-core \
                 haproxy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

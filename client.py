@@ -22,7 +22,7 @@ import time
 
 import aiohttp
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole, MediaPlayer, MediaRecorder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
@@ -95,7 +95,8 @@ class StreamClient:
     """One WebRTC session with the server: sends tracks, collects events and returned media."""
 
     def __init__(self, url: str = "http://127.0.0.1:8080", pipelines: list[str] | None = None,
-                 options: dict | None = None, token: str | None = None, record: bool = False):
+                 options: dict | None = None, token: str | None = None, record: bool = False,
+                 receive_slots: int = 0):
         self.url = url.rstrip("/")
         self.record = record  # ask the server to record the session (its --record-dir)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}  # API key or session token
@@ -107,18 +108,30 @@ class StreamClient:
         self.received: dict[str, list] = {"audio": [], "video": []}  # (arrival time, frame) of the newest
         self.frame_counts = {"audio": 0, "video": 0}
         self.keep_frames = 0  # how many returned frames of each kind to keep (0: count only)
+        self.body: dict = {}  # more offer fields, e.g. {"room": ..., "display_name": ...} (server/rooms.py)
+        self.receive_slots = receive_slots  # extra recvonly audio+video m-lines: a room's others
+        self.by_mid: dict[str, list] = {}  # (arrival time, frame) per receiving m-line, kept as ``received``
+        self.counts_by_mid: dict[str, int] = {}
         self._readers: list[asyncio.Task] = []
         self._new_pc()
 
     def _new_pc(self) -> None:
-        self.pc = RTCPeerConnection()
+        # Receive slots (several m-lines of a kind): aiortc's default (balanced) bundling leaves the
+        # second video one on a transport that never connects, so max-bundle, the channel last.
+        bundle = RTCBundlePolicy.MAX_BUNDLE if self.receive_slots else RTCBundlePolicy.BALANCED
+        self.pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=bundle))
+        self.channel = None
+        if not self.receive_slots:
+            self._new_channel()
+        self.pc.on("track", self._on_track)
+
+    def _new_channel(self) -> None:
         self.channel = self.pc.createDataChannel("events")
         self._opened = asyncio.Event()
         self._closed = asyncio.Event()
         self.channel.on("open", self._opened.set)
         self.channel.on("close", self._closed.set)
         self.channel.on("message", self._on_message)
-        self.pc.on("track", self._on_track)
 
     def _on_message(self, message) -> None:
         with contextlib.suppress(asyncio.QueueFull, ValueError):
@@ -128,6 +141,8 @@ class StreamClient:
             self.events.put_nowait(event)
 
     def _on_track(self, track) -> None:
+        mid = next((t.mid for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+
         async def read():
             while True:
                 try:
@@ -135,26 +150,33 @@ class StreamClient:
                 except MediaStreamError:
                     return
                 self.frame_counts[track.kind] += 1
+                self.counts_by_mid[mid] = self.counts_by_mid.get(mid, 0) + 1
                 if self.keep_frames:
-                    kept = self.received[track.kind]
-                    kept.append((time.monotonic(), frame))
-                    del kept[:-self.keep_frames]
+                    for kept in (self.received[track.kind], self.by_mid.setdefault(mid, [])):
+                        kept.append((time.monotonic(), frame))
+                        del kept[:-self.keep_frames]
         self._readers.append(asyncio.get_running_loop().create_task(read()))
 
     async def connect(self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None,
-                      resume: str | None = None) -> dict:
-        """Offer (sending the given tracks, receiving audio and video back); returns the answer JSON.
-        ``resume``: a resume token, to attach this connection to that session instead."""
+                      resume: str | None = None, receive_video: bool = True) -> dict:
+        """Offer (sending the given tracks, receiving audio and, unless ``receive_video`` is False,
+        video back); returns the answer JSON. ``resume``: a resume token, to attach this connection
+        to that session instead."""
         if audio is not None:
             self.pc.addTrack(audio)
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
         if video is not None:
-            self.pc.addTrack(video)
-        else:
+            self.pc.addTransceiver(video, direction="sendrecv" if receive_video else "sendonly")
+        elif receive_video:
             self.pc.addTransceiver("video", direction="recvonly")
+        for _ in range(self.receive_slots):
+            self.pc.addTransceiver("audio", direction="recvonly")
+            self.pc.addTransceiver("video", direction="recvonly")
+        if self.receive_slots:
+            self._new_channel()
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "options": self.options}
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "options": self.options, **self.body}
         if self.pipelines is not None:
             body["pipelines"] = self.pipelines
         if self.record:
@@ -205,7 +227,7 @@ class StreamClient:
 
     async def close(self) -> None:
         """Leave for good: ``close`` tells the server not to wait for a resume; it closes the channel."""
-        if self.channel.readyState == "open":
+        if self.channel is not None and self.channel.readyState == "open":
             self.send({"type": "close"})
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), 2)

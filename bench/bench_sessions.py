@@ -50,7 +50,9 @@ CLIENT_LAG = harness.LoopLag()  # this (client) process's own event-loop lag
 async def run_level(kind: str, n: int, args, speech: np.ndarray, onset_sample: int) -> dict:
     log_path = RESULTS / f"{kind}-{n}.log"
     if kind == "ours":
-        server = ServerProcess.script(kind, log_path, "--max-sessions", "64", log_level=args.server_log_level)
+        # no load shedding: the benchmark measures past the point where the server would refuse
+        server = ServerProcess.script(kind, log_path, "--max-sessions", "64", "--load-threshold", "0",
+                                      log_level=args.server_log_level)
     else:
         server = ServerProcess.script(kind, log_path, "--transform", args.transform, script=ECHO_SERVER,
                                       log_level=args.server_log_level)
@@ -88,11 +90,14 @@ async def run_level(kind: str, n: int, args, speech: np.ndarray, onset_sample: i
             t0, cpu0, me0 = time.monotonic(), server.ps.cpu_times(), me.cpu_times()
             frames0 = [(s.client.frame_counts["video"], s.client.frame_counts["audio"]) for s in live]
             rss_peak = 0
+            loads = []  # ours: /health's load_detail once a second (server/load.py)
             end = t0 + args.duration
-            while (now := time.monotonic()) < end:
+            while time.monotonic() < end:
                 with contextlib.suppress(psutil.Error):
                     rss_peak = max(rss_peak, server.ps.memory_info().rss)
-                await asyncio.sleep(min(1.0, end - now))
+                if kind == "ours" and (detail := ((await get_json(http, f"{server.url}/health")) or {}).get("load_detail")):
+                    loads.append(detail)
+                await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
             t1, cpu1, me1 = time.monotonic(), server.ps.cpu_times(), me.cpu_times()
             machine_cpu = psutil.cpu_percent(None)
             client_lag = list(CLIENT_LAG.samples)
@@ -155,6 +160,10 @@ async def run_level(kind: str, n: int, args, speech: np.ndarray, onset_sample: i
                 "error_events": sorted({e for s in live for e in s.error_events}),
                 "error_event_count": sum(len(s.error_events) for s in live),
             })
+            if loads:  # ours: the load it would shed at, and its parts, averaged over the window
+                result["load_mean"] = round(statistics.fmean(d["load"] for d in loads), 2)
+                result["load_parts_mean"] = {p: round(statistics.fmean(d["parts"][p] for d in loads), 2)
+                                             for p in loads[0]["parts"]}
             if m1:  # ours: server-side counters over the window
                 d = lambda k: m1.get(k, 0.0) - m0.get(k, 0.0)  # noqa: E731
                 result["server_video_out_fps_per_session"] = round(d("mms_frames_out_total{kind=video}") / window / len(live), 2)

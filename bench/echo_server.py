@@ -6,7 +6,8 @@ OpenCV transform (edge filter by default, or a colour inversion) and is re-encod
 inbound audio is sent straight back. No models, no pipelines, no buffering. ``POST /offer`` speaks
 the same JSON as our server (``{"sdp","type","pipelines","options"}`` -> ``{"sdp","type",
 "session_id"}``; pipelines and options are ignored), so ``client.StreamClient`` works unchanged,
-and ``GET /health`` reports event-loop lag measured the same way as ``server/metrics.py`` does.
+and ``GET /health`` reports event-loop lag measured the same way as ``server/metrics.py`` does (``GET /metrics``
+holds it as the same Prometheus histogram, ``mms_event_loop_lag_seconds``).
 A data channel named ``events`` gets a ``ready`` event and answers ``ping`` with ``pong``.
 
     .venv/bin/python bench/echo_server.py --port 8090 [--transform edges|invert|none]
@@ -30,10 +31,12 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 from bench.harness import LoopLag  # noqa: E402
 from server.ice import restrict_ice_hosts  # noqa: E402
+from server.metrics import LATENCY_BUCKETS  # noqa: E402
 
 log = logging.getLogger("echo")
 
@@ -74,6 +77,9 @@ class EchoServer:
         self.transform = transform
         self.pcs: dict[str, RTCPeerConnection] = {}
         self.lag = LoopLag(keep=600)  # as server.metrics.Metrics keeps for /health
+        self.registry = CollectorRegistry()  # /metrics: the loop-lag histogram, named as ours
+        self.lag_hist = Histogram("mms_event_loop_lag_seconds", "Event-loop scheduling lag",
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.started = time.monotonic()
         self._monitor: asyncio.Task | None = None
 
@@ -81,12 +87,13 @@ class EchoServer:
         app = web.Application()
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
     async def _on_startup(self, app) -> None:
-        self._monitor = asyncio.get_running_loop().create_task(self.lag.run())
+        self._monitor = asyncio.get_running_loop().create_task(self.lag.run(observe=self.lag_hist.observe))
 
     async def _on_shutdown(self, app) -> None:
         await asyncio.gather(*(pc.close() for pc in list(self.pcs.values())), return_exceptions=True)
@@ -103,6 +110,9 @@ class EchoServer:
             "event_loop_lag_ms": {"p50": round(float(np.percentile(lags, 50)), 2),
                                   "p99": round(float(np.percentile(lags, 99)), 2)},
         })
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), content_type="text/plain")
 
     async def offer(self, request: web.Request) -> web.Response:
         try:

@@ -113,11 +113,15 @@ class LoopLag:
     def __init__(self, keep: int = 2000):
         self.samples: collections.deque[float] = collections.deque(maxlen=keep)
 
-    async def run(self, interval: float = 0.1) -> None:
+    async def run(self, interval: float = 0.1, observe=None) -> None:
+        """Sample forever; ``observe(lag)`` (e.g. a Prometheus histogram's) sees each sample too."""
         while True:
             t0 = time.monotonic()
             await asyncio.sleep(interval)
-            self.samples.append(max(0.0, time.monotonic() - t0 - interval))
+            lag = max(0.0, time.monotonic() - t0 - interval)
+            self.samples.append(lag)
+            if observe:
+                observe(lag)
 
 
 def pct(values, q: float) -> float | None:

@@ -94,6 +94,8 @@ def details(rows: list[tuple[dict, dict | None]]) -> str:
         ("window lag p50/p99 ms est. (>25 / >100 ms)", lambda r: "-" if "window_lag_over_25ms_pct" not in r else
          f"{r['window_lag_p50_ms_est']:.1f} / {r['window_lag_p99_ms_est']:.0f} "
          f"({r['window_lag_over_25ms_pct']:.0f}% / {r['window_lag_over_100ms_pct']:.0f}%)"),
+        ("load (cpu / video / rtt / udp / lag)", lambda r: "-" if "load_mean" not in r else
+         f"{r['load_mean']:.2f} (" + " / ".join(f"{v:.2f}" for v in r["load_parts_mean"].values()) + ")"),
         ("gender events", lambda r: str(r.get("gender_events", 0))),
         ("classify latency max ms", lambda r: fmt(r.get("gender_latency_ms_max"), ".0f")),
         ("error events", lambda r: str(r.get("error_event_count", 0))),

@@ -12,11 +12,17 @@ endpoints run, here with an in-process context), once per mode. Measured:
   speech still queued ahead of it), p50/p95; in streaming mode also from the start of speech;
 * each stage's real-time factor (stage seconds / seconds of audio it handled) or ms per call.
 
+In utterance mode this runs at each of ``--sessions`` concurrent sessions (1, 2, 4, 8), sharing one
+set of models as a server's sessions do: every session plays every clip, session k starting
+k x 0.15 s after the first, and the figures are over all their utterances.
+
     .venv/bin/python bench/translation_bench.py [--modes utterance,streaming] [--voices espeak,flite]
+                                                [--sessions 1,2,4,8]
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 import time
@@ -52,6 +58,7 @@ SENTENCES = [
 ]
 LEAD, TRAIL = 0.5, 2.0  # seconds of silence before and after each sentence
 FRAME = SAMPLE_RATE // 50  # fed in 20 ms frames, like a WebRTC track
+STAGGER = 0.15  # seconds between the starts of concurrent sessions
 
 
 class AudioOut:
@@ -98,16 +105,11 @@ def norm(text: str) -> str:
     return " ".join(re.findall(r"[\w']+", text.lower()))
 
 
-async def run_mode(mode: str, clips: list[tuple[str, str, np.ndarray]], settings, registry) -> dict:
-    context = BenchContext(settings, registry)
-    pipeline = TranslationPipeline(context, {"source": "en", "target": "es", "mode": mode})
-    task = asyncio.get_running_loop().create_task(pipeline.run())
-    models = await registry.shared(TranslationPipeline)
-    await asyncio.to_thread(models.asr, "en")  # warm: load time is not latency
-    await asyncio.to_thread(models.translator, "en", "es")
-    await asyncio.to_thread(models.translator("en", "es").translate, "Warm up.")
-    await asyncio.sleep(0.5)
-    marks = []  # per clip: (first sample, speech start wall time, speech end wall time)
+async def play(context: BenchContext, clips, delay: float) -> list[tuple]:
+    """Plays the clips into one session in real time, after ``delay`` s; per clip (first sample,
+    speech start wall time, speech end wall time)."""
+    await asyncio.sleep(delay)
+    marks = []
     start = time.monotonic()
     written = 0
     for english, spanish, speech in clips:
@@ -128,11 +130,11 @@ async def run_mode(mode: str, clips: list[tuple[str, str, np.ndarray]], settings
             if speech_end is None and i + FRAME >= offset:
                 speech_end = time.monotonic() - (i + FRAME - offset) / SAMPLE_RATE
         marks.append((first_sample, speech_start, speech_end))
-    await asyncio.sleep(3.0)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    return marks
 
-    # Each utterance belongs to the clip its speech ended in (events carry audio_end_s).
+
+def collect(context: BenchContext, marks) -> dict:
+    """Each utterance belongs to the clip its speech ended in (events carry audio_end_s)."""
     hyps, translations, latencies, first_audio = [], [], [], []
     bounds = [m[0] for m in marks[1:]] + [float("inf")]
     for (first_sample, speech_start, speech_end), bound in zip(marks, bounds):
@@ -150,7 +152,29 @@ async def run_mode(mode: str, clips: list[tuple[str, str, np.ndarray]], settings
             "first_audio": first_audio, "events": context.events}
 
 
-def stage_figures(result, clips) -> dict:
+async def run_mode(mode: str, clips: list[tuple[str, str, np.ndarray]], settings, registry,
+                   sessions: int = 1) -> dict:
+    """``sessions`` sessions at once, each playing every clip, session k starting k * STAGGER s
+    after the first (so utterances end close together, not at the same instant); the results
+    of all sessions together."""
+    contexts = [BenchContext(settings, registry) for _ in range(sessions)]
+    pipelines = [TranslationPipeline(c, {"source": "en", "target": "es", "mode": mode}) for c in contexts]
+    tasks = [asyncio.get_running_loop().create_task(p.run()) for p in pipelines]
+    models = await registry.shared(TranslationPipeline)
+    await asyncio.to_thread(models.asr, "en")  # warm: load time is not latency
+    await asyncio.to_thread(models.translator, "en", "es")
+    await asyncio.to_thread(models.translator("en", "es").translate, "Warm up.")
+    await asyncio.sleep(0.5)
+    marks = await asyncio.gather(*(play(c, clips, k * STAGGER) for k, c in enumerate(contexts)))
+    await asyncio.sleep(3.0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    results = [collect(c, m) for c, m in zip(contexts, marks)]
+    return {key: [x for r in results for x in r[key]] for key in results[0]}
+
+
+def stage_figures(result, clips, sessions: int = 1) -> dict:
     """Recognition compute per second of input speech (partial hypotheses included), ms per
     text translation, synthesis seconds per second of speech produced."""
     asr_s = asr_audio = mt_ms = tts_s = tts_audio = 0.0
@@ -164,7 +188,7 @@ def stage_figures(result, clips) -> dict:
             mt_calls += "mt" in timings
             tts_s += timings.get("tts", 0) / 1000
             tts_audio += f.get("audio_seconds", 0)
-    asr_audio = sum(len(c[2]) / SAMPLE_RATE + 0.3 for c in clips)
+    asr_audio = sessions * sum(len(c[2]) / SAMPLE_RATE + 0.3 for c in clips)
     return {"asr_rtf": asr_s / asr_audio, "mt_ms": mt_ms / max(1, mt_calls),
             "tts_rtf": tts_s / max(tts_audio, 1e-6)}
 
@@ -178,6 +202,8 @@ async def main() -> None:
     parser = harness.parser(__doc__)
     parser.add_argument("--modes", default="utterance,streaming", help="translation modes, comma-separated")
     parser.add_argument("--voices", default="espeak,flite", help="English voices, comma-separated")
+    parser.add_argument("--sessions", type=harness.int_list, default=harness.int_list("1,2,4,8"),
+                        help="concurrent sessions, utterance mode (default 1,2,4,8; other modes: 1)")
     args = parser.parse_args()
     settings = Settings()
     clips = []
@@ -185,30 +211,38 @@ async def main() -> None:
         for english, spanish in SENTENCES:
             path = espeak("en-us", english) if voice == "espeak" else flite("slt", english)
             clips.append((english, spanish, load_audio(path)))
-    refs_en = [norm(c[0]) for c in clips]
-    refs_es = [c[1] for c in clips]
     registry = ModelRegistry(settings)
     models = registry.load(TranslationPipeline)
     mt_alone = [models.translator("en", "es").translate(c[0]) for c in clips]
-    bleu_mt = sacrebleu.corpus_bleu(mt_alone, [refs_es]).score
+    bleu_mt = sacrebleu.corpus_bleu(mt_alone, [[c[1] for c in clips]]).score
     rows = []
+    load = os.getloadavg()
     for mode in args.modes.split(","):
-        result = await run_mode(mode, clips, settings, registry)
-        wer = jiwer.wer(refs_en, [norm(h) or "-" for h in result["hyps"]])
-        bleu = sacrebleu.corpus_bleu(result["translations"], [refs_es]).score
-        chrf = sacrebleu.corpus_chrf(result["translations"], [refs_es]).score
-        stages = stage_figures(result, clips)
-        rows.append((mode, len(clips), wer, bleu, chrf, result["latencies"], result["first_audio"], stages))
-        for (english, spanish, _), hyp, out in zip(clips, result["hyps"], result["translations"]):
-            print(f"[{mode}] {english!r} -> {hyp!r} -> {out!r}", file=sys.stderr)
+        for sessions in args.sessions if mode == "utterance" else [1]:
+            result = await run_mode(mode, clips, settings, registry, sessions)
+            refs_en = [norm(c[0]) for c in clips] * sessions
+            refs_es = [c[1] for c in clips] * sessions
+            wer = jiwer.wer(refs_en, [norm(h) or "-" for h in result["hyps"]])
+            bleu = sacrebleu.corpus_bleu(result["translations"], [refs_es]).score
+            chrf = sacrebleu.corpus_chrf(result["translations"], [refs_es]).score
+            stages = stage_figures(result, clips, sessions)
+            rows.append((mode, sessions, len(refs_en), wer, bleu, chrf, result["latencies"], result["first_audio"],
+                         stages))
+            print(f"{mode} x{sessions}: p50 {ms(result['latencies'], 50)} ms, p95 {ms(result['latencies'], 95)} ms, "
+                  f"chrF {chrf:.1f}, load {' '.join(f'{v:.1f}' for v in os.getloadavg())}", file=sys.stderr, flush=True)
+            for (english, spanish, _), hyp, out in zip(clips, result["hyps"], result["translations"]):
+                print(f"[{mode} x{sessions}] {english!r} -> {hyp!r} -> {out!r}", file=sys.stderr)
     print(f"Apertium alone on the reference English text: BLEU {bleu_mt:.1f}, "
-          f"chrF {sacrebleu.corpus_chrf(mt_alone, [refs_es]).score:.1f}\n")
+          f"chrF {sacrebleu.corpus_chrf(mt_alone, [[c[1] for c in clips]]).score:.1f}\n")
     print(harness.markdown_table(
-        ["mode", "utterances", "WER (ASR)", "BLEU", "chrF", "end of speech → first translated audio p50 / p95 (ms)",
-         "start of speech → first audio p50 (ms)", "ASR RTF", "MT ms/call", "TTS RTF"],
-        [[mode, str(n), f"{wer:.1%}", f"{bleu:.1f}", f"{chrf:.1f}", f"{ms(lat, 50)} / {ms(lat, 95)}", ms(first, 50),
-          f"{st['asr_rtf']:.3f}", f"{st['mt_ms']:.1f}", f"{st['tts_rtf']:.3f}"]
-         for mode, n, wer, bleu, chrf, lat, first, st in rows]))
+        ["mode", "sessions", "utterances", "WER (ASR)", "BLEU", "chrF",
+         "end of speech → first translated audio p50 / p95 (ms)", "start of speech → first audio p50 (ms)",
+         "ASR RTF", "MT ms/call", "TTS RTF"],
+        [[mode, str(sessions), str(n), f"{wer:.1%}", f"{bleu:.1f}", f"{chrf:.1f}", f"{ms(lat, 50)} / {ms(lat, 95)}",
+          ms(first, 50), f"{st['asr_rtf']:.3f}", f"{st['mt_ms']:.1f}", f"{st['tts_rtf']:.3f}"]
+         for mode, sessions, n, wer, bleu, chrf, lat, first, st in rows]))
+    print(f"\nload average: {' '.join(f'{v:.2f}' for v in load)} at the start, "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end (2 cores)")
 
 
 if __name__ == "__main__":

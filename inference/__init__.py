@@ -6,8 +6,9 @@
     remote.py     RayModel: a Model served by a Ray Serve deployment (--inference ray)
     serve.py      python -m inference.serve deploy|status: the Serve applications of a cluster
 """
-from inference.batching import Batcher, InferenceError, ModelUnavailable, Overloaded
+from inference.batching import Batcher, InferenceError, ModelTimeout, ModelUnavailable, Overloaded
 from inference.registry import Model, ModelRegistry
 from inference.spec import ModelSpec
 
-__all__ = ["Batcher", "InferenceError", "Model", "ModelRegistry", "ModelSpec", "ModelUnavailable", "Overloaded"]
+__all__ = ["Batcher", "InferenceError", "Model", "ModelRegistry", "ModelSpec", "ModelTimeout",
+           "ModelUnavailable", "Overloaded"]

@@ -46,7 +46,7 @@ class ModelRegistry:
 
     def model(self, name: str, predict: PredictFn | None = None, *, spec: ModelSpec | None = None,
               prepare: Callable[[Any], Any] | None = None, max_batch: int = 16, max_wait: float = 0.02,
-              max_pending: int = 256) -> Model:
+              max_pending: int = 256, timeout: float | None = None) -> Model:
         """A model sessions call with ``await model.predict(item)``; ``predict(items) -> results``
         runs on the model's own worker thread, over batches that mix sessions.
 
@@ -63,8 +63,10 @@ class ModelRegistry:
                 predict = spec.predictor()
             if prepare is not None:
                 predict = _prepared(predict, prepare)
+            if timeout is None:
+                timeout = getattr(self.settings, "model_timeout", None)
             model = Batcher(predict, name=name, max_batch=max_batch, max_wait=max_wait, max_pending=max_pending,
-                            metrics=self.metrics)
+                            metrics=self.metrics, timeout=timeout)
         self._models.append(model)
         return model
 

@@ -7,7 +7,8 @@ is given (pipelines/context.py), whatever transport carries the session (WebRTC,
              context.camera      LatestFrame of the inbound video, or None
              on_text(text)       typed text from the client
     outputs  context.emit(type, **fields)              a JSON event
-             context.set_overlay(name, [lines])        text drawn on the returned video (if any)
+             context.show(name, *items)                results drawn on the returned video (if any):
+                                                       tracks.overlay Subtitle / Badge / Chat
              context.audio_out   AudioSink: push_audio / clear_buffer / queued_seconds / play clock
              context.interrupt(reason)                 stop the session's speech (barge-in)
              context.video_out   VideoSink (``source`` replaces the picture), or None
@@ -40,6 +41,9 @@ class Pipeline(abc.ABC):
     # Context media this pipeline cannot run without ("camera", "video_out", "audio_out"); a
     # transport that lacks one refuses the pipeline with a clear error.
     requires: ClassVar[frozenset[str]] = frozenset()
+    # Whether this pipeline reads the camera (``context.camera``). Where no pipeline of a session
+    # does and the client takes no video back, the WebRTC transport declines the client's video.
+    uses_camera: ClassVar[bool] = True
     # Server-wide settings of this pipeline: a dataclass whose fields become flags
     # ``--<name>-<field>`` and variables ``MMS_<NAME>_<FIELD>`` (server/config.py); an instance
     # is ``settings.<name>``.
@@ -83,6 +87,8 @@ class Pipeline(abc.ABC):
             raise OptionError(f"{self.name}: unknown option(s) {sorted(unknown)}; "
                               f"valid: {sorted(self.defaults)}")
         merged = {**self.options, **options}
+        if not isinstance(merged.get("overlay", True), bool):
+            raise OptionError(f"{self.name}: overlay must be true or false")
         self.validate(merged)
         self.options = merged
 

@@ -86,8 +86,10 @@ class PipelineContext:
         self._subscribers.setdefault(topic, []).append(queue)
         return queue
 
-    def set_overlay(self, name: str, lines: list[str]) -> None:
-        """Text drawn on the returned video; nothing where there is no video."""
+    def show(self, name: str, *items) -> None:
+        """Draw ``items`` (``tracks.overlay``: ``Subtitle``, ``Badge``, ``Chat``) on the returned
+        video in place of what pipeline ``name`` showed before; none clears it. Nothing where there
+        is no video, or where the pipeline's option ``overlay`` is false."""
 
     def interrupt(self, reason: str) -> None:
         """Stop the session's speech now (what plays and what is queued), e.g. when the person

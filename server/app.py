@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCSessionDescription
 
 from inference import ModelRegistry
 from pipelines import PIPELINES
@@ -17,16 +17,21 @@ from server.auth import GRANT, AuthError, Security
 from server.config import Settings
 from server.ice import restrict_ice_hosts
 from server.limits import CLIENT, AddressLimits
+from server.load import RETRY_AFTER, LoadMonitor, process_figures
 from server.metrics import Metrics
 from server.resume import ResumeTokens
 from server import recording
+from server.rooms import RoomError, RoomRegistry, new_room_name, participant_options
 from server.transports.session import Session
 from server.transports.webrtc import WebRTCSession
 from server.turn import client_ice_servers
 from server.transports.websocket import MAX_FRAME_BYTES, SocketSession, pipelines_start, single_start
 
 log = logging.getLogger(__name__)
-STATIC = Path(__file__).resolve().parent.parent / "static"
+# The page: static/ of a checkout, or server/static/ of an installed copy (pyproject.toml).
+STATIC = next((d for d in (Path(__file__).resolve().parent / "static",
+                           Path(__file__).resolve().parent.parent / "static") if (d / "index.html").is_file()),
+              Path(__file__).resolve().parent.parent / "static")
 
 
 def error(status: int, message: str) -> web.Response:
@@ -82,13 +87,21 @@ class MediaServer:
         self.metrics = Metrics()
         self.models = ModelRegistry(settings, self.metrics)
         self.sessions: dict[str, Session] = {}  # every transport's, counted once against max_sessions
+        self.load = LoadMonitor(settings, self.metrics, self.sessions.values)
         self.started = time.monotonic()
         self.rtc_configuration = RTCConfiguration(iceServers=ice_servers(settings))
+        # A room's offer has several m-lines of a kind; aiortc's default (balanced) bundling then
+        # leaves the second video one on a transport that never connects. Browsers always bundle.
+        self.room_rtc_configuration = RTCConfiguration(iceServers=self.rtc_configuration.iceServers,
+                                                       bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         self.security = Security(settings)  # raises ValueError: a public address without auth
         self.limits = AddressLimits(settings, self._sessions_of)  # raises ValueError: a bad --trusted-proxy
         if bool(settings.turn_urls) != bool(settings.turn_secret):
             raise ValueError("--turn-url and --turn-secret go together (short-lived TURN credentials)")
         self.resume_tokens = ResumeTokens()
+        self.rooms = RoomRegistry(settings)
+        if settings.room_size < 1:
+            raise ValueError(f"--room-size must be at least 1, not {settings.room_size}")
         restrict_ice_hosts(settings.ice_hosts)
         unknown = set(settings.pipelines) - set(PIPELINES)
         if unknown:
@@ -106,6 +119,7 @@ class MediaServer:
                               middlewares=[json_errors, self.limits.middleware, self.security.middleware])
         app.router.add_get("/", self.index)
         app.router.add_post("/offer", self.offer)
+        app.router.add_post("/rooms", self.new_room)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_get("/ice-servers", self.ice_servers_endpoint)
@@ -124,6 +138,7 @@ class MediaServer:
     async def _on_startup(self, app) -> None:
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self.metrics.monitor_loop_lag(), name="loop-lag"))
+        self._background.append(loop.create_task(self.load.run(), name="load"))
         # Load models now, so the first visitor doesn't wait for them: one pipeline after another
         # (loading in parallel would only fight over the GIL).
         self._background.append(loop.create_task(self.preload(), name="preload"))
@@ -150,10 +165,16 @@ class MediaServer:
     # --- sessions, whatever their transport ---------------------------------------------------------
     def full(self, client: str | None = None) -> web.Response | None:
         if self.draining:
+            self.load.refused.labels("draining").inc()
             return web.json_response({"error": "server is shutting down; try again shortly"}, status=503,
                                      headers={"Retry-After": str(int(self.settings.drain_seconds) + 1)})
         if len(self.sessions) >= self.settings.max_sessions:
+            self.load.refused.labels("full").inc()
             return error(503, f"server is full ({self.settings.max_sessions} sessions)")
+        if self.load.overloaded():  # before the sessions it has degrade (server/load.py)
+            self.load.refused.labels("load").inc()
+            return web.json_response({"error": f"server is busy (load {self.load.load:.2f}); try again shortly"},
+                                     status=503, headers={"Retry-After": str(RETRY_AFTER)})
         return self.limits.session_refused(client)
 
     def _sessions_of(self, client: str) -> int:
@@ -168,6 +189,8 @@ class MediaServer:
         self.metrics.sessions_total.inc()
 
     def _closed(self, session: Session) -> None:
+        if getattr(session, "room", None) is not None:
+            session.room.leave(session)
         if self.sessions.pop(session.id, None) is not None:
             self.metrics.sessions.set(len(self.sessions))
 
@@ -221,9 +244,13 @@ class MediaServer:
         # 503 tells a balancer to send no new sessions here (server/balancer.py)
         status, code = (("draining", 503) if self.draining else
                         ("full", 503) if len(self.sessions) >= self.settings.max_sessions else ("ok", 200))
+        if status == "ok" and self.load.overloaded():
+            status, code = "overloaded", 503
+        load = round(self.load.load, 3)
         if self.security.enabled and request.get(GRANT) is None:  # public: only what a balancer needs
             return web.json_response({"status": status, "ready": self.ready, "sessions": len(self.sessions),
-                                      "max_sessions": self.settings.max_sessions, "server_id": self.server_id,
+                                      "max_sessions": self.settings.max_sessions, "load": load,
+                                      "server_id": self.server_id,
                                       "auth": "required"}, status=code)
         return web.json_response(status=code, data={
             "status": status,
@@ -240,6 +267,9 @@ class MediaServer:
                           for name, cls in PIPELINES.items()},
             "default_pipelines": self.settings.pipelines,
             "event_loop_lag_ms": self.metrics.lag_percentiles_ms(),
+            "load": load,
+            "load_detail": self.load.report(),  # its parts and readings (server/load.py)
+            "process": process_figures(),  # what a leak would grow (bench/soak.py watches it)
         })
 
     async def ice_servers_endpoint(self, request: web.Request) -> web.Response:
@@ -275,6 +305,7 @@ class MediaServer:
             return error(400, f"unknown pipeline(s) {unknown}; valid: {sorted(PIPELINES)}")
         try:
             request[GRANT].check(names)
+            request[GRANT].check_room(body.get("room"))
         except AuthError as exc:
             return error(exc.status, exc.message)
         record = body.get("record", False)
@@ -282,12 +313,18 @@ class MediaServer:
             return error(400, '"record" must be true or false')
         if record and not self.settings.record_dir:
             return error(400, "this server does not record sessions (start it with --record-dir DIR)")
+        if "room" in body:
+            try:
+                self.rooms.check(body["room"])
+            except RoomError as exc:
+                return error(exc.status, exc.message)
         if (problem := malformed_sdp(body["sdp"])) is not None:
             return error(400, problem)
         if (full := self.full(request.get(CLIENT))) is not None:
             return full
 
-        session = WebRTCSession(self.settings, self.metrics, self.models, self.rtc_configuration,
+        session = WebRTCSession(self.settings, self.metrics, self.models,
+                                self.room_rtc_configuration if "room" in body else self.rtc_configuration,
                                 on_close=self._closed)
         try:
             session.add_pipelines({n: (PIPELINES[n], options.get(n, {})) for n in dict.fromkeys(names)})
@@ -297,6 +334,14 @@ class MediaServer:
         if (problem := ghost_sdp(body["sdp"])) is not None:  # it could never connect, and would hold a slot
             await session.close()
             return error(400, problem)
+        if "room" in body:
+            try:
+                translation = session.pipelines.get("translation")
+                self.rooms.join(body["room"], session,
+                                participant_options(body, translation.options if translation else None))
+            except RoomError as exc:
+                await session.close()
+                return error(exc.status, exc.message)
         if self.settings.resume_seconds > 0:
             session.resume_token = self.resume_tokens.token(session.id)
         self._opened(session, request.get(CLIENT))
@@ -313,6 +358,11 @@ class MediaServer:
         log.info("session %s started with pipelines %s", session.id, list(session.pipelines))
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id,
                                   "server_id": self.server_id})
+
+    async def new_room(self, request: web.Request) -> web.Response:
+        """``POST /rooms``: an unguessable room name for a share link (the room itself is made
+        by its first offer, and vanishes with its last participant)."""
+        return web.json_response({"room": new_room_name(), "size": self.settings.room_size})
 
     async def resume(self, request: web.Request, body: dict) -> web.Response:
         """``POST /offer`` with ``{"resume": token}``: a new peer connection for a WebRTC session

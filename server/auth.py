@@ -11,7 +11,8 @@ Once an API key or a token secret is configured it is required everywhere, loopb
       python -m server.auth --pipelines gender,translation --ttl 600     # secret from MMS_AUTH_SECRET
 
   A token is ``v1.<payload>.<signature>``: base64url JSON ``{"exp": unix seconds, "pipelines":
-  [...] (absent: all)}`` and its HMAC-SHA256 under the secret.
+  [...] (absent: all), "room": name (absent: any room, or none)}`` and its HMAC-SHA256 under the
+  secret. A token with a room joins that room only (``--room``).
 
 Clients send ``Authorization: Bearer <key or token>``; where a browser cannot set headers
 (WebSockets, a plain link) ``?token=<key or token>`` in the URL, or ``"token"`` in a WebSocket's
@@ -54,14 +55,20 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class Grant:
-    """What one credential allows: every pipeline (``pipelines`` None) or the ones listed."""
+    """What one credential allows: every pipeline (``pipelines`` None) or the ones listed; any
+    room (``room`` None) or only that one."""
 
     pipelines: frozenset[str] | None = None
+    room: str | None = None
 
     def check(self, names: Iterable[str]) -> None:
         refused = sorted(set(names) - self.pipelines) if self.pipelines is not None else []
         if refused:
             raise AuthError(403, f"this token does not allow pipeline(s) {refused}")
+
+    def check_room(self, room: str | None) -> None:
+        if self.room is not None and room != self.room:
+            raise AuthError(403, "this token allows only its own room")
 
 
 OPEN = Grant()  # nothing configured: everything allowed
@@ -78,10 +85,13 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def mint_token(secret: str, ttl: float, pipelines: Iterable[str] | None = None, now: float | None = None) -> str:
+def mint_token(secret: str, ttl: float, pipelines: Iterable[str] | None = None, now: float | None = None,
+               room: str | None = None) -> str:
     payload = {"exp": int((time.time() if now is None else now) + ttl)}
     if pipelines is not None:
         payload["pipelines"] = sorted(pipelines)
+    if room is not None:
+        payload["room"] = room
     body = "v1." + _b64(json.dumps(payload, separators=(",", ":")).encode())
     return body + "." + _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
 
@@ -93,15 +103,16 @@ def verify_token(secret: str, token: str, now: float | None = None) -> Grant:
         if version != "v1" or not hmac.compare_digest(_unb64(signature), expected):
             raise ValueError
         payload = json.loads(_unb64(payload_b64))
-        exp, pipelines = payload["exp"], payload.get("pipelines")
+        exp, pipelines, room = payload["exp"], payload.get("pipelines"), payload.get("room")
         if not isinstance(exp, int) or (pipelines is not None and not (
-                isinstance(pipelines, list) and all(isinstance(p, str) for p in pipelines))):
+                isinstance(pipelines, list) and all(isinstance(p, str) for p in pipelines))) or \
+                not isinstance(room, (str, type(None))):
             raise ValueError
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise AuthError(401, "invalid token") from None
     if exp < (time.time() if now is None else now):
         raise AuthError(401, "token expired")
-    return Grant(None if pipelines is None else frozenset(pipelines))
+    return Grant(None if pipelines is None else frozenset(pipelines), room)
 
 
 def is_loopback(host: str) -> bool:
@@ -203,13 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's --auth-secret (default: env MMS_AUTH_SECRET)")
     parser.add_argument("--ttl", type=float, default=600, help="seconds the token is valid (600)")
     parser.add_argument("--pipelines", help="comma-separated pipelines it allows (default: all)")
+    parser.add_argument("--room", help="the one room it may join (default: any)")
     args = parser.parse_args(argv)
     if not args.secret:
         parser.error("no secret: give --secret or set MMS_AUTH_SECRET")
     if args.ttl <= 0:
         parser.error("--ttl must be positive")
     pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()] if args.pipelines else None
-    print(mint_token(args.secret, args.ttl, pipelines))
+    print(mint_token(args.secret, args.ttl, pipelines, room=args.room))
     return 0
 
 

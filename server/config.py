@@ -35,6 +35,9 @@ class Settings:
     heartbeat_timeout: float = 10.0
     drain_seconds: float = 30.0  # on SIGTERM: how long sessions may finish before they are closed
     resume_seconds: float = 30.0  # how long a WebRTC session whose connection dropped waits to be resumed
+    load_threshold: float = 0.7  # server/load.py: new sessions are refused at this load (0: never)
+    connect_timeout: float = 6.0  # a WebRTC session's ICE must connect, then it must be heard, in this long
+    model_timeout: float = 30.0  # deadline of one model call (0: none)
     max_body_bytes: int = 256 * 1024
     preload: list[str] = field(default_factory=list)  # pipelines whose models load at start-up
     api_keys: list[str] = field(default_factory=list, repr=False)  # server/auth.py
@@ -72,6 +75,7 @@ class Settings:
     ray_replica_gpus: float = 0.0
     ray_batch_wait: float = 0.0  # seconds a replica waits to fill a batch (0: the model's own)
     agent_port: int = 0  # HAProxy agent-check port (0: none)
+    room_size: int = 4  # server/rooms.py: participants in one room
     per_pipeline: dict[str, Any] = field(default_factory=_pipeline_settings, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -99,6 +103,12 @@ _ENV = {
                       "before they are closed; new ones are refused meanwhile"),
     "resume_seconds": ("MMS_RESUME_SECONDS", "seconds a WebRTC session whose connection dropped waits for "
                        "its client to resume it (POST /offer with its resume token); 0: off"),
+    "load_threshold": ("MMS_LOAD_THRESHOLD", "load (0 idle, 1 users feel it; server/load.py) at which new sessions "
+                       "are refused with 503 and /health answers 503; 0 never refuses"),
+    "connect_timeout": ("MMS_CONNECT_TIMEOUT", "seconds a new WebRTC session has to connect (ICE), and then to "
+                        "send its first media or message, before it is closed"),
+    "model_timeout": ("MMS_MODEL_TIMEOUT", "seconds one model call may take before its callers get an error "
+                      "(0: no deadline)"),
     "preload": ("MMS_PRELOAD", "pipelines whose models load at start-up, or 'all' (default: the default pipelines)"),
     "api_keys": ("MMS_API_KEYS", "API key clients send as 'Authorization: Bearer KEY' (repeatable)"),
     "api_key_file": ("MMS_API_KEY_FILE", "file of API keys, one per line"),
@@ -150,6 +160,7 @@ _ENV = {
     "ray_replica_cpus": ("MMS_RAY_REPLICA_CPUS", "CPUs one model replica reserves (num_cpus; may be a fraction)"),
     "ray_replica_gpus": ("MMS_RAY_REPLICA_GPUS", "GPUs one model replica reserves (num_gpus; a fraction shares "
                          "a GPU; default 0, or 0.25 with --device cuda)"),
+    "room_size": ("MMS_ROOM_SIZE", "participants in one room (an offer naming a full room answers 409)"),
 }
 
 

@@ -28,7 +28,6 @@ import contextlib
 import fractions
 import json
 import logging
-import os
 import queue
 import re
 import threading

@@ -3,7 +3,8 @@
 // build step: this entry wires those in js/ together; mms-client.js is the connection itself.
 import {showError, clearError, errorText, setState, resetDisplays, updateControls, wireControls} from './js/ui.js';
 import {listPipelines, selectedPipelines, changedOptions, confirmOptions} from './js/pipeline-list.js';
-import {session, channelOpen, send, start as startSession, stop} from './js/connection.js';
+import {session, channelOpen, send, start as startSession, stop, localStream} from './js/connection.js';
+import {roomOption, slotTrack, handleRoomEvent, resetRoom, wireRoom} from './js/room.js';
 import {resetResults} from './js/cards.js';
 import {handleEvent} from './js/events.js';
 import {loadPipelineUi} from './js/plugins.js';
@@ -38,12 +39,17 @@ async function start() {
   resetDisplays();
   resetResults(names || []);
   setState('media');
-  const started = startSession(names, options, {onChange: refreshControls, onEvent: handleEvent});
+  resetRoom();
+  const started = startSession(names, options, {
+    onChange: refreshControls, room: roomOption(), onSlotTrack: slotTrack,
+    onEvent: (event) => { if (!handleRoomEvent(event)) handleEvent(event); },
+  });
   refreshControls();
   await started;
 }
 
 wireControls({start, stop: () => stop('stopped'), send});
+wireRoom(localStream);
 // Close the connection when the page goes away, so the server frees the session at once.
 window.addEventListener('pagehide', () => stop());
 

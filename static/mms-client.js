@@ -35,7 +35,10 @@ export class ServerError extends Error {
 // `on` see that "ready" too), or rejects with a ServerError.
 //   pipelines: names (default: the server's); options: {pipeline: {option: value}};
 //   stream: a MediaStream to send (default: nothing, receive only); token: API key or session
-//   token; iceServers: instead of asking the server; on: {type: handler}; reconnect: true.
+//   token; iceServers: instead of asking the server; on: {type: handler}; reconnect: true;
+//   room: {name, displayName, hear, share, originalVolume, slots} to join a room (docs/rooms.md):
+//   `slots` receive-only audio+video pairs carry the others; each arriving slot track is a local
+//   "slot-track" event {mid, track}, and participant_joined names the mids of each participant.
 export async function connect(serverUrl, options = {}) {
   const session = new MmsSession(serverUrl, options);
   try {
@@ -49,7 +52,7 @@ export async function connect(serverUrl, options = {}) {
 }
 
 class MmsSession {
-  constructor(serverUrl, {pipelines, options, stream, token, iceServers, on, reconnect = true} = {}) {
+  constructor(serverUrl, {pipelines, options, stream, token, iceServers, on, reconnect = true, room} = {}) {
     const base = new URL(serverUrl || '/', location.href);
     if (!base.pathname.endsWith('/')) base.pathname += '/';
     this.base = base;
@@ -61,6 +64,7 @@ class MmsSession {
     this.rttMs = null; // round trip of the last ping
     this.state = 'connecting'; // then "connected", "reconnecting", "closed"
     this._request = {pipelines, options: options || {}};
+    this._room = room || null;
     this._stream = stream || null;
     this._token = token || '';
     this._iceOption = iceServers || null;
@@ -185,10 +189,19 @@ class MmsSession {
       if (track) pc.addTrack(track, this._stream);
       else pc.addTransceiver(kind, {direction: 'recvonly'}); // the returned media still arrives
     }
+    const own = new Set(pc.getTransceivers());
+    for (let i = 0; this._room && i < (this._room.slots ?? 3); i++) { // a room's others (docs/rooms.md)
+      pc.addTransceiver('audio', {direction: 'recvonly'});
+      pc.addTransceiver('video', {direction: 'recvonly'});
+    }
     const dc = this._dc = pc.createDataChannel('events'); // before the offer: it needs an SCTP section
     const greeted = new Promise((resolve, reject) => { this._greeting = {resolve, reject}; });
     greeted.catch(() => {});
-    pc.addEventListener('track', (ev) => { if (this.pc === pc) this._onTrack(ev.track); });
+    pc.addEventListener('track', (ev) => {
+      if (this.pc !== pc) return;
+      if (own.has(ev.transceiver)) this._onTrack(ev.track);
+      else this._local('slot-track', {mid: ev.transceiver.mid, track: ev.track});
+    });
     pc.addEventListener('connectionstatechange', () => this._onConnectionState(pc));
     dc.addEventListener('message', (ev) => { if (this._dc === dc) this._onMessage(ev.data); });
     dc.addEventListener('close', () => { if (this._dc === dc) this._lost('the events channel closed'); });
@@ -200,6 +213,13 @@ class MmsSession {
     else {
       body.options = this._request.options;
       if (this._request.pipelines) body.pipelines = this._request.pipelines;
+      const room = this._room;
+      if (room) {
+        Object.assign(body, {room: room.name, display_name: room.displayName || ''});
+        if (room.hear) body.hear = room.hear;
+        if (room.share) body.share = room.share;
+        if (room.originalVolume !== undefined) body.original_volume = room.originalVolume;
+      }
     }
     const answer = await this._fetchJson('offer', {
       method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body),

@@ -63,6 +63,7 @@ async def in_process(settings):
 class ServerProcess:
     def __init__(self, name: str, argv: list[str], port: int, log_path: Path):
         self.name, self.argv, self.port, self.log_path = name, argv, port, log_path
+        self.cwd = ROOT  # where it runs
         self.url = f"http://{LOOPBACK}:{port}"
         self.proc: subprocess.Popen | None = None
         self.ps: psutil.Process | None = None
@@ -81,7 +82,7 @@ class ServerProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log,
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         _children.append(self.proc)
         self.ps = psutil.Process(self.proc.pid)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from server.app import MediaServer  # noqa: E402
 from server.config import Settings  # noqa: E402
 from testing.net import free_port  # noqa: E402
 
+# Load shedding (server/load.py) judges the whole machine; the tests share a busy one, so their
+# servers (in process, and webrtc_server.py subprocesses through the environment) never shed
+# load unless a test asks (tests/test_load.py).
+os.environ.setdefault("MMS_LOAD_THRESHOLD", "0")
+
 
 @dataclasses.dataclass
 class RunningServer:
@@ -25,7 +31,8 @@ class RunningServer:
 @pytest.fixture
 def settings() -> Settings:
     """Test settings; a test may change them before using ``media_server``."""
-    return Settings(host="127.0.0.1", port=free_port(), ice_hosts=["127.0.0.1"], max_sessions=8)
+    return Settings(host="127.0.0.1", port=free_port(), ice_hosts=["127.0.0.1"], max_sessions=8,
+                    load_threshold=float(os.environ["MMS_LOAD_THRESHOLD"]))
 
 
 @pytest.fixture

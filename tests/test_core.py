@@ -17,6 +17,7 @@ from server.ice import restrict_ice_hosts
 from media.buffers import AudioOverrun, AudioRing, LatestFrame
 from tracks.inbound import AudioResampler
 from tracks.outbound import FRAME_SAMPLES, OUT_RATE, SpeechAudioTrack, SynthVideoTrack, resample
+from tracks.overlay import Badge
 
 
 # --- AudioRing -----------------------------------------------------------------------------------
@@ -136,8 +137,8 @@ async def test_speech_track_clear_buffer():
 
 async def test_video_track_shows_camera_or_card_with_overlay_at_fixed_rate():
     camera = LatestFrame()
-    lines = ["voice: female 90%"]
-    track = SynthVideoTrack(camera, lambda: lines, fps=25)
+    items = [Badge("female", 0.9, title="voice")]
+    track = SynthVideoTrack(camera, lambda: items, fps=25)
     card = (await track.recv()).to_ndarray(format="bgr24")
     assert card.shape == (360, 640, 3)
     image = np.full((240, 320, 3), 200, np.uint8)
@@ -145,8 +146,8 @@ async def test_video_track_shows_camera_or_card_with_overlay_at_fixed_rate():
     frame = await track.recv()
     out = frame.to_ndarray(format="bgr24")
     assert out.shape == (240, 320, 3)
-    assert out[5:25, 5:60].mean() < 190  # the overlay box darkens the top-left
-    assert abs(out[200:, 200:].astype(float).mean() - 200) < 3  # the rest is the camera picture
+    assert out[10:40, -60:-10].mean() < 150  # the badge darkens the top-right corner
+    assert abs(out[100:, :200].astype(float).mean() - 200) < 3  # the rest is the camera picture
     t0 = asyncio.get_running_loop().time()
     for _ in range(10):
         last = await track.recv()

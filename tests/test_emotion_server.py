@@ -61,14 +61,16 @@ async def test_astronaut_video_is_happy_and_drawn_on_video(media_server):
         gaps = np.diff([e["t"] for e in events])
         assert 0.8 < np.median(gaps) < 1.3 and gaps.min() > 0.15 and gaps.max() < 3, gaps
         session = media_server.server.sessions[answer["session_id"]]
-        lines = session.overlay_lines()
-        assert lines[0].startswith("emotion: happy") and any(l.startswith("face  happy    #") for l in lines)
+        badge, = session.overlay_items()
+        assert badge.label == "happy" and badge.title == "emotion" and badge.rows[0][:2] == ("face", "happy")
         assert_loopback(client.selected_pair())
         assert_loopback(server_pair(session))
-        # the returned video carries the overlay: its top-left box is darkened
+        # the returned video carries the badge: its top-right corner is darkened
         await asyncio.sleep(0.5)
         frame = client.received["video"][-1][1].to_ndarray(format="bgr24")
         assert frame.shape[:2] == (512, 512)
+        corner = (slice(20, 60), slice(-120, -30))
+        assert frame[corner].mean() < astronaut()[corner].mean() - 40
     finally:
         await client.close()
 
@@ -94,7 +96,7 @@ async def test_typed_sentences_sad_angry_and_crisis(media_server):
         crisis = await next_emotion(client, lambda e: e["flag"] == "crisis", 5)
         assert "988" in crisis["response"] and "findahelpline.com" in crisis["response"]
         session = media_server.server.sessions[client.session_id]
-        assert any("CRISIS" in line for line in session.overlay_lines())
+        assert any(badge.alert and badge.title == "crisis" for badge in session.overlay_items())
         # a video with frames but no face: said once, and the session carries on
         error = await next_error(client, "no face found", 10)
         assert error["pipeline"] == "emotion"

@@ -12,7 +12,6 @@ from pathlib import Path
 import aiohttp
 import av
 import numpy as np
-import pytest
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
 from server.auth import mint_token

@@ -2,6 +2,7 @@
 WebSocket endpoints (both modes, swap, bad input) and the LibriVox recordings through the cascade."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -63,6 +64,48 @@ def test_asr_tiny_en_and_multilingual_base(models):
     assert {"good", "morning", "restaurant", "friends"} & set(words(to_english)), to_english
     with pytest.raises(ValueError, match="English"):
         models.asr("en").transcribe(spanish, "es")
+
+
+def test_asr_encodes_the_utterance_not_30_s_and_batches(models, monkeypatch):
+    """Recognition encodes the longest utterance plus a second (whole seconds, at least 10), not 30 s;
+    a batch is one encoder call, each item keeping its own text; a prefix starts the text once;
+    audio over 29 s goes through faster-whisper's own loop."""
+    asr = models.asr("en")
+    where = load_audio(espeak("en-us", "Where is the train station?"))
+    thanks = load_audio(espeak("en-us", "Thank you very much for your help."))
+    shapes = []
+    encode = asr.model.encode
+    monkeypatch.setattr(asr.model, "encode", lambda features: shapes.append(features.shape) or encode(features))
+    first, second = asr.recognize([asr_stage.Request(where, "en"), asr_stage.Request(thanks, "en")])
+    seconds = max(asr_stage.MIN_WINDOW, int(np.ceil(max(len(where), len(thanks)) / 16000 + asr_stage.WINDOW_MARGIN)))
+    assert shapes == [(2, 80, 100 * seconds)]
+    assert words(first.text) == ["where", "is", "the", "train", "station"], first.text  # once, not looped
+    assert {"thank", "help"} <= set(words(second.text)), second.text
+    prefixed = asr.transcribe(thanks, "en", prefix="Thank you").text
+    assert prefixed.startswith("Thank you") and prefixed.lower().count("thank you") == 1, prefixed
+    long = asr.transcribe(np.tile(where, int(np.ceil(31 * 16000 / len(where)))), "en")
+    assert shapes[-1][-1] == 3000 and "station" in long.text.lower()
+
+
+async def test_recognition_is_batched_across_sessions(monkeypatch):
+    """Utterances of several sessions that end together go through one recognition call."""
+    from inference import ModelRegistry
+
+    settings = Settings()
+    registry = ModelRegistry(settings)
+    models = TranslationModels(settings.translation, registry=registry)
+    asr = models.asr("en")
+    calls = []
+    recognize = asr.recognize
+    monkeypatch.setattr(asr, "recognize", lambda requests: calls.append(len(requests)) or recognize(requests))
+    clips = [load_audio(espeak("en-us", text)) for text in ("Good morning.", "Where is the train station?", "Thank you.")]
+    try:
+        results = await asyncio.gather(*(models.recognize("en", clip) for clip in clips))
+    finally:
+        await registry.close()
+    assert calls == [3]
+    assert ["morning" in results[0].text.lower(), "station" in results[1].text.lower(),
+            "thank" in results[2].text.lower()] == [True, True, True], [r.text for r in results]
 
 
 def test_apertium_one_process_per_pair_sentence_by_sentence():

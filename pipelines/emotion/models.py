@@ -39,10 +39,11 @@ class EmotionModels:
 
 
 def _frame_to_image(item):
-    """(camera, frame, last face box) -> (image, last face box): the colour conversion runs on a
-    worker thread through the camera's shared, thread-safe converter, before the batch."""
-    camera, frame, near = item
-    return camera.to_array(frame), near
+    """(camera, frame, last face box, frames without a face) -> (image, box, misses): the colour
+    conversion runs on a worker thread through the camera's shared, thread-safe converter, before
+    the batch."""
+    camera, frame, *rest = item
+    return (camera.to_array(frame), *rest)
 
 
 def load_models(s: EmotionSettings, device: str, registry) -> EmotionModels:

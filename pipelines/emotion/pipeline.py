@@ -35,6 +35,7 @@ from pipelines.emotion.prosody import ProsodyBaseline, prosody_features
 from pipelines.emotion.text_emotion import crisis_terms
 from inference import InferenceError
 from media.audio import SAMPLE_RATE
+from tracks.overlay import Badge
 
 
 HOP = 0.128  # seconds of audio per VAD step
@@ -45,8 +46,15 @@ NO_FACE_WARNING = 5.0  # seconds of video without a face before saying so
 MIN_EVENT_GAP = 0.2  # seconds: wake-ups (new text, new expression) never flood the channel
 
 
-def _bar(score: float, width: int = 10) -> str:
-    return "#" * int(round(max(0.0, min(1.0, score)) * width))
+def overlay(label: str, score: float, modalities: dict, flag: str | None) -> tuple[Badge, ...]:
+    """What the returned video shows: the fused label, each modality's label and score under it,
+    and a red card when crisis support is in the response."""
+    rows = tuple((name, info["label"], info["score"]) if info else (name, "–", None)
+                 for name, info in modalities.items())
+    badges = (Badge(label, score, title="emotion", rows=rows),)
+    if flag:
+        badges += (Badge("see the reply", title=flag, alert=True),)
+    return badges
 
 
 class EmotionPipeline(Pipeline):
@@ -62,6 +70,7 @@ class EmotionPipeline(Pipeline):
         "voice_weight": 0.5,  # the offline voice estimate is a heuristic: it counts less
         "text_weight": 1.5,
         "vad_threshold": 0.5,
+        "overlay": True,  # the fused label and each modality as a badge on the returned video
     }
 
     # --- shared models ---------------------------------------------------------------------------
@@ -124,7 +133,7 @@ class EmotionPipeline(Pipeline):
             tasks.create_task(self._event_loop())
 
     async def close(self) -> None:
-        self.context.set_overlay(self.name, [])
+        self.context.show(self.name)
 
     # --- face --------------------------------------------------------------------------------------
     async def _face_loop(self) -> None:
@@ -132,6 +141,7 @@ class EmotionPipeline(Pipeline):
         seen = camera.received
         faceless_since: float | None = None
         warned = False
+        misses = 0  # frames in a row without a face: each searches the next tile for small faces
         while True:
             await asyncio.sleep(1.0 / self.options["face_fps"])
             frame = camera.frame
@@ -141,12 +151,13 @@ class EmotionPipeline(Pipeline):
             t0 = time.perf_counter()
             try:
                 near = tuple(self.face.detail["box"]) if self.face is not None else None
-                result = await self.models.face_model.predict((camera, frame, near))
+                result = await self.models.face_model.predict((camera, frame, near, misses))
             except InferenceError as exc:
                 self.context.emit_error(self.name, f"face stage: {exc}; frame skipped")
                 continue
             self.context.observe_inference(self.name, "face", time.perf_counter() - t0)
             now = time.monotonic()
+            misses = 0 if result is not None else misses + 1
             if result is None:
                 faceless_since = faceless_since or now
                 if now - self.face_time > self._face_hold():
@@ -293,7 +304,7 @@ class EmotionPipeline(Pipeline):
         if not used:  # nobody there, or only modalities weighted to zero: nothing to say
             if self.present:
                 self.present = False
-                self.context.set_overlay(self.name, [])
+                self.context.show(self.name)
             return
         self.present = True
         method = "confidence-weighted"
@@ -326,12 +337,7 @@ class EmotionPipeline(Pipeline):
         self.context.emit("emotion", label=label, score=round(score, 3),
                           scores={l: round(float(p), 3) for l, p in zip(LABELS, probs)},
                           modalities=modalities, fusion=method, response=self.response, flag=flag)
-        lines = [f"emotion: {label} {score:.0%}"]
-        for name, info in modalities.items():
-            lines.append(f"{name:5s} {info['label']:8s} {_bar(info['score'])}" if info else f"{name:5s} -")
-        if flag:
-            lines.append("CRISIS: support info in the response")
-        self.context.set_overlay(self.name, lines)
+        self.context.show(self.name, *overlay(label, score, modalities, flag))
 
     def _network_probs(self, estimates: dict[str, Estimate | None]) -> np.ndarray:
         from pipelines.emotion import fusion_net as fn

@@ -28,6 +28,7 @@ from pipelines.common.pitch import yin
 from pipelines.common.vad import SileroVAD
 from inference import InferenceError, Model, ModelSpec
 from media.audio import SAMPLE_RATE
+from tracks.overlay import Badge
 
 HOP = 0.128  # seconds of audio read per step (4 VAD chunks)
 
@@ -118,12 +119,14 @@ class GenderSettings:
 class GenderPipeline(Pipeline):
     name = "gender"
     Settings = GenderSettings
+    uses_camera = False
     description = "Female or male voice, about once a second while someone speaks"
     defaults = {
         "interval": 1.0,  # seconds between results while speech continues
         "window": 3.0,  # seconds of recent speech classified
         "min_speech": 0.5,  # seconds of speech needed before the first result
         "vad_threshold": 0.5,
+        "overlay": True,  # the result as a badge on the returned video
     }
 
     @classmethod
@@ -182,4 +185,4 @@ class GenderPipeline(Pipeline):
         self.context.emit("gender", label=result.label, score=round(result.score, 3),
                           backend=models.backend, speech_seconds=round(len(clip) / SAMPLE_RATE, 2),
                           latency_ms=round(latency * 1000, 1), **result.detail)
-        self.context.set_overlay(self.name, [f"voice: {result.label} {result.score:.0%}"])
+        self.context.show(self.name, Badge(result.label, result.score, title="voice"))

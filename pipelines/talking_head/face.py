@@ -2,8 +2,9 @@
 
 The 68-point layout (iBUG 300-W): 0-16 jaw line, 17-26 brows, 27-35 nose, 36-41 right eye,
 42-47 left eye (as seen in the image: 36-41 is on the left), 48-59 outer lips, 60-67 inner lips.
-The models ship offline: dlib's HOG frontal face detector is built into the library and the
-landmark predictor comes with the ``face_recognition_models`` wheel.
+The models ship offline: dlib's HOG frontal face detector is built into the library (used through
+``pipelines.common.faces``: faces from 40 px wide, the image upscaled only when a plain scan finds
+none) and the landmark predictor comes with the ``face_recognition_models`` wheel.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 MAX_SIDE = 512  # portraits are rendered at their own size, scaled down to fit 512 x 512
@@ -94,7 +96,10 @@ class FaceAnalyzer:
         import dlib
         import face_recognition_models
 
-        self._detector = dlib.get_frontal_face_detector()
+        from pipelines.common.faces import FaceDetector
+
+        self._rectangle = dlib.rectangle
+        self._detector = FaceDetector(detect_width=MAX_SIDE)
         self._predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
         self._lock = threading.Lock()
 
@@ -102,11 +107,11 @@ class FaceAnalyzer:
         """(68, 2) landmarks of the most confidently detected face; NoFaceError if none."""
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
         with self._lock:
-            rects, scores, _ = self._detector.run(rgb, 1, 0.0)
-            if not rects:
+            faces = self._detector.faces(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+            if not faces:
                 raise NoFaceError("no face found")
-            best = rects[int(np.argmax(scores))]
-            shape = self._predictor(rgb, best)
+            (x, y, w, h), _ = max(faces, key=lambda face: face[1])
+            shape = self._predictor(rgb, self._rectangle(x, y, x + w, y + h))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
     def analyze(self, image_bytes: bytes) -> Portrait:

@@ -1,6 +1,7 @@
 """The translation models a server shares between its sessions."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 
@@ -14,14 +15,18 @@ log = logging.getLogger(__name__)
 
 
 class TranslationModels:
-    """Everything sessions share, loaded lazily per model on first use (on a worker thread)."""
+    """Everything sessions share, loaded lazily per model on first use (on a worker thread).
+    With a ``registry``, recognition is a batched ``Model`` per Whisper model: the utterances of
+    sessions that end while it is busy go through it together (``recognize``)."""
 
-    def __init__(self, settings, device: str = "cpu"):
+    def __init__(self, settings, device: str = "cpu", registry=None):
         self.settings = settings  # TranslationSettings
         self.device = device
+        self.registry = registry
         self.vad = SileroVAD()
         self._lock = threading.Lock()
         self._asr: dict[str, asr_stage.WhisperASR] = {}
+        self._recognizers: dict[str, object] = {}
         self._mt: dict[tuple, object] = {}
         self._tts = None
         self._seamless = None
@@ -47,6 +52,19 @@ class TranslationModels:
     def asr(self, language: str) -> asr_stage.WhisperASR:
         name = asr_model_for(self.settings, language)
         return self._get(self._asr, name, lambda: asr_stage.WhisperASR(name, self.device))
+
+    async def recognize(self, language: str, samples, task: str = "transcribe",
+                        prefix: str | None = None) -> asr_stage.Recognition:
+        """Recognition of one utterance (see ``asr.Request``), batched with other sessions'."""
+        asr = await asyncio.to_thread(self.asr, language)
+        request = asr_stage.Request(samples, language, task, prefix)
+        if self.registry is None:
+            return (await asyncio.to_thread(asr.recognize, [request]))[0]
+        with self._lock:
+            if asr.name not in self._recognizers:
+                self._recognizers[asr.name] = self.registry.model(f"translation-asr-{asr.name}", asr.recognize,
+                                                                  max_batch=8)
+        return await self._recognizers[asr.name].predict(request)
 
     def translator(self, source: str, target: str):
         backend = mt_backend_for(self.settings, source, target)

@@ -40,6 +40,7 @@ from pipelines.translation.languages import (TranslationSettings, available_pair
                                              stream_options)
 from pipelines.translation.models import TranslationModels
 from pipelines.translation.utterance import Job, Utterance, _words, agreed_prefix
+from tracks.overlay import Subtitle
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ CLAUSE_END = re.compile(r"[.,;:!?]$")
 class TranslationPipeline(Pipeline):
     name = "translation"
     Settings = TranslationSettings
+    uses_camera = False
     description = "Speak one language, hear and read another, live (utterance or streaming mode)"
     defaults = {
         "source": "en",
@@ -67,6 +69,7 @@ class TranslationPipeline(Pipeline):
         "vad_threshold": 0.5,
         "stream_interval": 0.5,  # streaming: seconds between hypotheses (and at most one output each)
         "barge_in": False,  # speaking again while a translation plays interrupts it (off: interpreters overlap)
+        "overlay": True,  # subtitles on the returned video
     }
 
     def __init__(self, context, options=None):
@@ -84,7 +87,7 @@ class TranslationPipeline(Pipeline):
 
     @classmethod
     def load_shared(cls, settings, registry) -> TranslationModels:
-        models = TranslationModels(settings.translation, settings.device)
+        models = TranslationModels(settings.translation, settings.device, registry)
         models.warm(cls.defaults["source"], cls.defaults["target"])
         return models
 
@@ -168,7 +171,9 @@ class TranslationPipeline(Pipeline):
                 last = int(np.nonzero(probs >= self.options["vad_threshold"])[0][-1])
                 utterance.speech_end = cursor - HOP + (last + 1) * CHUNK
                 utterance.speech_end_time = arrived - (cursor - utterance.speech_end) / SAMPLE_RATE
-                utterance.speculation = None  # the speaker went on: that guess is moot
+                if utterance.speculation is not None:  # the speaker went on: that guess is moot
+                    utterance.speculation[1].cancel()  # (dropped from the batch if not started)
+                    utterance.speculation = None
             else:
                 silence += HOP
                 if silence == HOP and mode == "utterance" and self.options["backend"] == "cascade":
@@ -207,9 +212,8 @@ class TranslationPipeline(Pipeline):
         audio, source = utterance.audio(), self.options["source"]
 
         async def recognise():
-            asr = await asyncio.to_thread(models.asr, source)
             t0 = time.perf_counter()
-            text = (await asyncio.to_thread(asr.transcribe, audio, source)).text
+            text = (await models.recognize(source, audio)).text
             return source, text, time.perf_counter() - t0
 
         task = asyncio.get_running_loop().create_task(recognise())
@@ -252,15 +256,14 @@ class TranslationPipeline(Pipeline):
 
     async def _timed(self, stage: str, timings: dict, fn, *args):
         t0 = time.perf_counter()
-        result = await asyncio.to_thread(fn, *args)
+        result = await (fn(*args) if asyncio.iscoroutinefunction(fn) else asyncio.to_thread(fn, *args))
         seconds = time.perf_counter() - t0
         timings[stage] = round(seconds * 1000, 1)
         self.context.observe_inference(self.name, stage, seconds)
         return result
 
     async def _recognise(self, models, job: Job, timings: dict, prefix: str | None = None) -> str:
-        asr = await asyncio.to_thread(models.asr, job.options["source"])
-        recognition = await self._timed("asr", timings, asr.transcribe, job.audio, job.options["source"],
+        recognition = await self._timed("asr", timings, models.recognize, job.options["source"], job.audio,
                                         "transcribe", prefix)
         return recognition.text
 
@@ -268,8 +271,7 @@ class TranslationPipeline(Pipeline):
         source, target = job.options["source"], job.options["target"]
         translator = await asyncio.to_thread(models.translator, source, target)
         if translator is None:  # Whisper's translate task, from the audio itself
-            asr = await asyncio.to_thread(models.asr, source)
-            return (await self._timed("mt", timings, asr.transcribe, job.audio, source, "translate")).text
+            return (await self._timed("mt", timings, models.recognize, source, job.audio, "translate")).text
         return await self._timed("mt", timings, translator.translate, text)
 
     async def _speak(self, models, job: Job, text: str, timings: dict) -> float:
@@ -319,8 +321,7 @@ class TranslationPipeline(Pipeline):
                           source_lang=job.options["source"], target_lang=job.options["target"],
                           final=final, utterance=job.utterance.number, audio_end_s=self._audio_end(job),
                           timings_ms=timings, **extra)
-        self.context.set_overlay(self.name, [f"{job.options['source']}: {source_text[-60:]}",
-                                             f"{job.options['target']}: {text[-60:]}"])
+        self.context.show(self.name, Subtitle(text, secondary=source_text))
 
     async def _final(self, models, job: Job) -> None:
         timings: dict = {}

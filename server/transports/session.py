@@ -60,6 +60,7 @@ class Session(PipelineContext):
         self.closed = asyncio.Event()
         self.client: str | None = None  # the client's address key (server/limits.py); None: exempt
         self.end_reason: str | None = None  # why the server ended it, where not shutting down
+        self.taps: list[Callable[[str, dict], None]] = []  # see every event emitted (server/rooms.py)
 
     # --- pipelines -------------------------------------------------------------------------------
     def add_pipelines(self, requested: dict[str, tuple[type[Pipeline], dict]]) -> None:
@@ -115,6 +116,8 @@ class Session(PipelineContext):
 
     # --- events ------------------------------------------------------------------------------------
     def emit(self, type: str, **fields) -> None:
+        for tap in self.taps:
+            tap(type, fields)
         message = self.event_json(type, **fields)
         if self.recorder is not None:
             self.recorder.event(type, fields, message)

@@ -14,18 +14,21 @@ import time
 from collections import deque
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, sdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media import codecs
 from media.buffers import LatestFrame
 from server.transports.session import Session
 from tracks.inbound import read_audio, read_video
-from tracks.outbound import SpeechAudioTrack, SynthVideoTrack
+from tracks.opus import OpusSpeechTrack
+from tracks.outbound import SynthVideoTrack
 
 log = logging.getLogger(__name__)
 
 MAX_CHANNEL_BACKLOG = 1 << 20  # bytes waiting in the data channel before events are dropped
 MAX_UNSENT = 256  # events kept while no channel is open (before it opens, or while the client reconnects)
+codecs.install()  # the returned video's VP8 encoder settings (media/codecs.py)
 
 
 def release_audio_early(receiver) -> None:
@@ -75,9 +78,23 @@ class Peer:
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "audio" in kinds:
             self.pc.addTrack(Feed(self.session.audio_out))  # reuses the offer's audio transceiver
-        if "video" in kinds:
+        # Video only to a client that takes it (no encoder otherwise); a client's camera that
+        # neither the returned video nor any pipeline uses is declined (no decoder either).
+        takes_video = {m.kind for m in sdp.SessionDescription.parse(offer.sdp).media
+                       if m.direction in ("sendrecv", "recvonly")}
+        if "video" in takes_video:
             self.pc.addTrack(Feed(self.session.video_out))
+        elif self.session.room is None and not any(p.uses_camera for p in self.session.pipelines.values()):
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.kind == "video":
+                    transceiver.direction = "inactive"
+        if self.session.room is not None:  # the further m-lines carry the others (server/rooms.py)
+            self.session.room.attach(self)
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
+        # Opus negotiated: the audio track encodes itself, silence as DTX (tracks/opus.py)
+        self.session.audio_out.opus = any(
+            m.kind == "audio" and m.rtp.codecs and m.rtp.codecs[0].mimeType.lower() == "audio/opus"
+            for m in sdp.SessionDescription.parse(self.pc.localDescription.sdp).media)
         return self.pc.localDescription
 
     def open(self) -> bool:
@@ -86,6 +103,8 @@ class Peer:
     def _on_track(self, track) -> None:
         session = self.session
         counter = session.metrics.frames_in.labels(track.kind)
+        if session.room is not None:  # the room relays it to the others; the session reads a copy
+            track = session.room.inbound(session, track)
 
         def on_frame():
             session.touch()
@@ -109,6 +128,8 @@ class Peer:
             self.session.channel_opened(self)
 
     async def _on_connection_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self.session.connected(self)
         if self.pc.connectionState in ("failed", "closed"):
             self.session.lost(self, f"connection {self.pc.connectionState}")
 
@@ -124,13 +145,15 @@ class WebRTCSession(Session):
         super().__init__(settings, metrics, models, on_close)
         self.configuration = configuration
         self.last_seen = self.started
+        self._heard = False  # any media or message from the client yet
         self.camera = LatestFrame(on_drop=self.metrics.frames_dropped.inc)
-        self.audio_out = SpeechAudioTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
-        self.video_out = SynthVideoTrack(self.camera, self.overlay_lines, fps=self.settings.video_fps,
+        self.audio_out = OpusSpeechTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
+        self.video_out = SynthVideoTrack(self.camera, self.overlay_items, fps=self.settings.video_fps,
                                          on_frame=self.metrics.frames_out.labels("video").inc)
         self.resume_token: str | None = None  # given by the server where --resume-seconds > 0
+        self.room = None  # server/rooms.py Room, where the offer named one
         self.peer = Peer(self, configuration)
-        self._overlays: dict[str, list[str]] = {}
+        self._overlays: dict[str, tuple] = {}  # pipeline -> tracks.overlay items
         self._unsent: deque[str] = deque(maxlen=MAX_UNSENT)  # events emitted while no channel was open
         self._dropped = 0  # of those, lost to the bound since a channel last opened
         self._ready_sent = False
@@ -178,6 +201,12 @@ class WebRTCSession(Session):
     # --- what peers report ----------------------------------------------------------------------
     def touch(self) -> None:
         self.last_seen = time.monotonic()
+        self._heard = True
+
+    def connected(self, peer: Peer) -> None:
+        """ICE and DTLS are up: a client never heard from now has ``connect_timeout`` to be heard."""
+        if peer is self.peer and not self._heard:
+            self.last_seen = time.monotonic()
 
     def received(self, peer: Peer, message) -> None:
         if peer is self.peer and not peer.lost:
@@ -190,8 +219,10 @@ class WebRTCSession(Session):
         if peer is not self.peer or peer.lost or self._closing:
             return
         self._close_peer(peer)
+        if self.room is not None:  # the others are told now, not when the resume wait ends
+            self.room.detach(self)
         seconds = self.settings.resume_seconds
-        if seconds <= 0 or not self._ready_sent:
+        if seconds <= 0 or not self._ready_sent or not self._heard:  # a ghost: nothing to resume
             log.info("session %s: %s, closing", self.id, why)
             asyncio.get_running_loop().create_task(self.close())
             return
@@ -228,6 +259,8 @@ class WebRTCSession(Session):
                 self._dropped = 0
         while self._unsent and peer.open():
             peer.channel.send(self._unsent.popleft())
+        if self.room is not None:
+            self.room.opened(self)
 
     async def _handle_message(self, message) -> None:
         msg = self.parse(message)
@@ -252,20 +285,35 @@ class WebRTCSession(Session):
             self.peer.channel.send(message)
         return True
 
-    def set_overlay(self, name: str, lines: list[str]) -> None:
-        self._overlays[name] = lines
+    def show(self, name: str, *items) -> None:
+        self._overlays[name] = items
 
-    def overlay_lines(self) -> list[str]:
-        return [line for lines in self._overlays.values() for line in lines]
+    def overlay_items(self) -> list:
+        """What the returned video shows now: each pipeline's items, unless its option
+        ``overlay`` is off (checked per frame, so a ``config`` message hides or shows at once)."""
+        return [item for name, items in list(self._overlays.items())
+                if (pipeline := self.pipelines.get(name)) is None or pipeline.options.get("overlay", True)
+                for item in items]
 
     # --- lifetime ------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
         """aiortc has no 'disconnected' state: a client that sends neither media nor messages
-        for ``heartbeat_timeout`` seconds is gone (and may resume)."""
+        for ``heartbeat_timeout`` seconds is gone (and may resume). A ghost frees its slot sooner:
+        a session whose ICE has not connected ``connect_timeout`` seconds after the answer (the
+        client vanished after its offer), or that connected and then sent nothing for as long."""
+        settings = self.settings
         while True:
-            await asyncio.sleep(min(1.0, self.settings.heartbeat_timeout / 4))
-            if not self.peer.lost and time.monotonic() - self.last_seen > self.settings.heartbeat_timeout:
-                self.lost(self.peer, f"no media or messages for {self.settings.heartbeat_timeout:.0f}s")
+            await asyncio.sleep(max(0.05, min(1.0, settings.heartbeat_timeout / 4, settings.connect_timeout / 4)))
+            if self.peer.lost:
+                continue
+            if self._heard:
+                limit, why = settings.heartbeat_timeout, "no media or messages for %.0f s"
+            elif self.pc.connectionState != "connected":
+                limit, why = settings.connect_timeout, "not connected %.0f s after the answer"
+            else:
+                limit, why = min(settings.heartbeat_timeout, settings.connect_timeout), "connected, then silent %.0f s"
+            if time.monotonic() - self.last_seen > limit:
+                self.lost(self.peer, why % limit)
 
     async def _release(self) -> None:
         if self.recorder is not None:

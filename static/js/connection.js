@@ -30,10 +30,10 @@ export function send(message) {
 
 // Starts a session: `names` the pipelines (null: the server's defaults), `options` theirs;
 // onChange() after it connected, reconnected or ended; onEvent(msg) for each server event.
-export async function start(names, options, {onChange, onEvent}) {
+export async function start(names, options, {onChange, onEvent, room, onSlotTrack}) {
   const run = current = {
     client: null, stream: null, stopped: false, sessionId: null, pipelines: names || [], timers: [],
-    onChange, onEvent,
+    onChange, onEvent, onSlotTrack,
   };
   try {
     run.stream = await getLocalMedia();
@@ -41,7 +41,7 @@ export async function start(names, options, {onChange, onEvent}) {
     showLocalMedia(run);
     setState('connecting');
     run.client = await connect(location.origin, {
-      pipelines: names || undefined, options, stream: run.stream || undefined, token,
+      pipelines: names || undefined, options, stream: run.stream || undefined, token, room,
       on: {'*': (event) => onClientEvent(run, event)},
     });
   } catch (err) {
@@ -74,6 +74,9 @@ function onClientEvent(run, event) {
         return;
       case 'track':
         showRemoteTrack(event.track);
+        return;
+      case 'slot-track':
+        if (run.onSlotTrack) run.onSlotTrack(event.mid, event.track);
         return;
       case 'reconnecting':
         setState('reconnecting', 'reconnecting…');
@@ -120,6 +123,10 @@ function teardown(run, state, note) {
 }
 
 // Ends the running session, if any; `note` goes to the log.
+export function localStream() {
+  return current ? current.stream : null;
+}
+
 export function stop(note) {
   if (current) teardown(current, 'closed', note);
 }

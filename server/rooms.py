@@ -1,0 +1,357 @@
+"""Rooms: a call between people, each on their own WebRTC session, through the server.
+
+An offer that names a room (``{"room": "name", "display_name": "...", ...}``) joins it. Each
+participant's own pipelines and returned tracks stay as they are; on top of that, every
+participant receives
+
+* every other participant's camera and microphone, relayed (aiortc ``MediaRelay``: each inbound
+  track is decoded once, whoever receives it; aiortc re-encodes per receiver, as it always does),
+  on **receive slots**: the offer's audio and video m-lines after its first of each kind. A
+  client that wants to see and hear N others offers N extra ``recvonly`` audio and video
+  transceivers; each ``participant_joined`` event says which ``mid`` of each kind carries that
+  participant (``slots``), or ``null`` where no slot was free. A slot changes participant with
+  ``replaceTrack``: no renegotiation, ever.
+* every other participant's shareable pipeline events, tagged ``participant``: gender,
+  transcript and translation always; emotion, comment and talking_head when that participant
+  lists the pipeline in ``share``.
+* the translated speech of the others, in its own returned audio track: a speaker's
+  translation into language X is played to every listener who hears X (``hear``, by default
+  the language the listener speaks: their ``translation.source``). Under translated speech the
+  speaker's original voice on its slot plays at ``original_volume`` (0: muted).
+
+``participant_joined`` / ``participant_left`` (participant id, display name, languages) come on
+the data channel. A participant whose connection is lost (closed, failed, or silent for
+``--heartbeat-timeout``) leaves at once; if its session resumes, it joins again. A room holds at
+most ``--room-size`` participants and vanishes with its last one.
+"""
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcpeerconnection import or_direction
+from av import AudioFrame, VideoFrame
+
+log = logging.getLogger(__name__)
+
+ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# event type -> the pipeline it comes from
+EVENT_PIPELINE = {"gender": "gender", "transcript": "translation", "translation": "translation",
+                  "emotion": "emotion", "comment": "commentary", "talking_head": "talking_head"}
+ALWAYS_SHARED = frozenset({"gender", "translation"})
+DEFAULT_ORIGINAL_VOLUME = 0.15
+CLOCK = {"audio": 48000, "video": 90000}
+GAP = 0.2  # seconds without frames after which a slot's clock jumps to the present
+
+
+class RoomError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def new_room_name() -> str:
+    """An unguessable room name (128 random bits), for a share link."""
+    return secrets.token_urlsafe(16)
+
+
+class Slot(MediaStreamTrack):
+    """One receive slot of a participant's connection: it carries one other participant's relayed
+    track, and changes source without renegotiation. It never ends by itself (aiortc stops a
+    sender for good once its track ends); with no source it waits. Frames are copied and
+    re-stamped on the slot's own clock (the relay hands one frame object to every receiver, and
+    a new source must not move the receiver's clock back)."""
+
+    def __init__(self, kind: str, mid: str | None):
+        super().__init__()
+        self.kind = kind
+        self.mid = mid
+        self.owner: str | None = None  # the participant it carries
+        self.origin: MediaStreamTrack | None = None  # the participant's inbound track it relays
+        self.source: MediaStreamTrack | None = None  # this slot's relay of it
+        self.gain = 1.0
+        self._changed = asyncio.Event()
+        self._rate = CLOCK[kind]
+        self._t0: float | None = None
+        self._next = 0
+
+    def feed(self, owner: str | None, origin: MediaStreamTrack | None = None, relay: MediaRelay | None = None) -> None:
+        if self.source is not None:
+            self.source.stop()
+        self.owner, self.origin = owner, origin
+        self.source = relay.subscribe(origin, buffered=False) if origin is not None else None
+        self._changed.set()
+
+    def stop(self) -> None:
+        self.feed(None)
+        super().stop()
+
+    async def recv(self):
+        while self.readyState == "live":
+            source = self.source
+            if source is None:
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            try:  # bounded, so that a swapped or silent source is noticed
+                frame = await asyncio.wait_for(source.recv(), 0.5)
+            except asyncio.TimeoutError:
+                continue
+            except MediaStreamError:
+                if self.source is source:
+                    self.source = None
+                continue
+            if self.source is source:
+                return self._copy(frame)
+        raise MediaStreamError
+
+    def _copy(self, frame):
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        wall = int((now - self._t0) * self._rate)
+        if self.kind == "audio":
+            samples = frame.to_ndarray()
+            if self.gain != 1.0:
+                samples = (samples * self.gain).astype(samples.dtype)
+            out = AudioFrame.from_ndarray(samples, format=frame.format.name, layout=frame.layout.name)
+            out.sample_rate = frame.sample_rate
+            pts = wall if wall - self._next > GAP * self._rate else self._next
+            self._next = pts + frame.samples * self._rate // frame.sample_rate
+        else:
+            out = VideoFrame.from_ndarray(frame.to_ndarray(format="yuv420p"), format="yuv420p")
+            pts = max(wall, self._next)
+            self._next = pts + 1
+        out.pts = pts
+        out.time_base = fractions.Fraction(1, self._rate)
+        return out
+
+
+@dataclass(eq=False)
+class Participant:
+    session: object  # WebRTCSession
+    display_name: str
+    hear: str | None  # the language whose translations it receives
+    share: frozenset[str]  # pipelines whose events the others receive
+    original_volume: float
+    present: bool = False  # its connection is up
+    sources: dict[str, MediaStreamTrack] = field(default_factory=dict)  # its inbound tracks by kind
+    slots: dict[str, list[Slot]] = field(default_factory=dict)  # its current connection's receive slots
+    speech: asyncio.Task | None = None
+
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+    @property
+    def speaks(self) -> str | None:
+        translation = self.session.pipelines.get("translation")
+        return translation.options["source"] if translation is not None else None
+
+    @property
+    def translates_to(self) -> str | None:
+        translation = self.session.pipelines.get("translation")
+        return translation.options["target"] if translation is not None else None
+
+    def describe(self) -> dict:
+        return {"participant": self.id, "display_name": self.display_name,
+                "languages": {"speaks": self.speaks, "hears": self.hear,
+                              "translated_to": self.translates_to}}
+
+
+def participant_options(body: dict, translation_options: dict | None) -> dict:
+    """A room offer's participant fields, checked; raises RoomError (400)."""
+    name = body.get("display_name", "")
+    if not isinstance(name, str) or len(name) > 64:
+        raise RoomError(400, '"display_name" must be a string of at most 64 characters')
+    hear = body.get("hear", (translation_options or {}).get("source"))
+    if hear is not None and (not isinstance(hear, str) or not re.fullmatch(r"[a-z]{2,3}", hear)):
+        raise RoomError(400, '"hear" must be a language code like "es"')
+    share = body.get("share", [])
+    if not isinstance(share, list) or not all(isinstance(s, str) for s in share):
+        raise RoomError(400, '"share" must be a list of pipeline names')
+    volume = body.get("original_volume", DEFAULT_ORIGINAL_VOLUME)
+    if isinstance(volume, bool) or not isinstance(volume, (int, float)) or not 0 <= volume <= 1:
+        raise RoomError(400, '"original_volume" must be a number from 0 (muted) to 1')
+    return {"display_name": name.strip(), "hear": hear, "share": ALWAYS_SHARED | frozenset(share),
+            "original_volume": float(volume)}
+
+
+class Room:
+    def __init__(self, name: str, size: int, on_empty):
+        self.name = name
+        self.size = size
+        self.relay = MediaRelay()
+        self.participants: dict[str, Participant] = {}
+        self._on_empty = on_empty
+
+    # --- membership ----------------------------------------------------------------------------
+    def join(self, session, options: dict) -> Participant:
+        participant = Participant(session, **options)
+        self.participants[session.id] = participant
+        session.room = self
+        session.taps.append(lambda type, fields: self._forward(participant, type, fields))
+        participant.speech = session.spawn(self._forward_speech(participant), "room-speech")
+        return participant
+
+    def leave(self, session) -> None:
+        """The session closed: out of the room for good."""
+        participant = self.participants.get(session.id)
+        if participant is None:
+            return
+        self.detach(session)
+        for slot in (s for slots in participant.slots.values() for s in slots):
+            slot.stop()
+        for source in participant.sources.values():
+            source.stop()
+        del self.participants[session.id]
+        if not self.participants:
+            self._on_empty(self)
+
+    # --- connections (called by the session's peers) ----------------------------------------------
+    def attach(self, peer) -> None:
+        """A connection is being answered: its audio and video m-lines after the first of each
+        kind become receive slots. Called between setRemoteDescription and createAnswer."""
+        participant = self.participants[peer.session.id]
+        for slot in (s for slots in participant.slots.values() for s in slots):
+            slot.stop()
+        participant.slots = {"audio": [], "video": []}
+        for transceiver in peer.pc.getTransceivers():
+            if transceiver.kind in participant.slots and transceiver.sender.track is None:
+                slot = Slot(transceiver.kind, transceiver.mid)
+                transceiver.sender.replaceTrack(slot)
+                transceiver.direction = or_direction(transceiver.direction, "sendonly")
+                participant.slots[transceiver.kind].append(slot)
+        was_present, participant.present = participant.present, True
+        for other in self.others(participant):
+            self._assign(participant, other)
+            if not was_present:
+                other.session.emit("participant_joined", **participant.describe(),
+                                   slots=self._assign(other, participant))
+        self.refresh()
+
+    def inbound(self, session, track: MediaStreamTrack) -> MediaStreamTrack:
+        """A participant's inbound track: the room relays it; the session reads its own copy."""
+        participant = self.participants[session.id]
+        old = participant.sources.get(track.kind)
+        participant.sources[track.kind] = track
+        if old is not None:
+            old.stop()
+        self.refresh()
+        return self.relay.subscribe(track, buffered=True)
+
+    def opened(self, session) -> None:
+        """A participant's data channel opened: who is here already."""
+        participant = self.participants.get(session.id)
+        if participant is None:
+            return
+        session.emit("room", room=self.name, participant=participant.id, size=self.size)
+        for other in self.others(participant):
+            session.emit("participant_joined", **other.describe(), slots=self._assign(participant, other))
+        self.refresh()
+
+    def detach(self, session) -> None:
+        """A participant's connection is lost: the others are told at once."""
+        participant = self.participants.get(session.id)
+        if participant is None or not participant.present:
+            return
+        participant.present = False
+        for slot in (s for slots in participant.slots.values() for s in slots):
+            slot.feed(None)
+        for other in self.others(participant):
+            other.session.emit("participant_left", participant=participant.id,
+                               display_name=participant.display_name)
+        self.refresh()
+
+    def others(self, participant: Participant) -> list[Participant]:
+        return [p for p in self.participants.values() if p is not participant and p.present]
+
+    # --- media ---------------------------------------------------------------------------------
+    def _assign(self, listener: Participant, speaker: Participant) -> dict[str, str | None]:
+        """The slot of each kind that carries ``speaker`` to ``listener`` (taking a free one)."""
+        mids = {}
+        for kind, slots in listener.slots.items():
+            slot = next((s for s in slots if s.owner == speaker.id), None) or \
+                next((s for s in slots if s.owner is None), None)
+            if slot is not None and slot.owner is None:
+                slot.feed(speaker.id)
+            mids[kind] = slot.mid if slot is not None else None
+        return mids
+
+    def refresh(self) -> None:
+        """Every slot carries the current track of its participant (or nothing, once it left)."""
+        present = {p.id: p for p in self.participants.values() if p.present}
+        for listener in present.values():
+            for slots in listener.slots.values():
+                for slot in slots:
+                    speaker = present.get(slot.owner)
+                    if speaker is None or speaker is listener:
+                        if slot.owner is not None:
+                            slot.feed(None)
+                        continue
+                    track = speaker.sources.get(slot.kind)
+                    if track is not None and track is not slot.origin and track.readyState == "live":
+                        slot.feed(speaker.id, track, self.relay)
+                    if slot.kind == "audio":
+                        translated = listener.hear is not None and speaker.translates_to == listener.hear \
+                            and speaker.speaks != listener.hear
+                        slot.gain = listener.original_volume if translated else 1.0
+
+    # --- events and translated speech ----------------------------------------------------------
+    def _forward(self, speaker: Participant, type: str, fields: dict) -> None:
+        if type == "config":  # a changed translation target changes who hears the original how loud
+            self.refresh()
+        pipeline = EVENT_PIPELINE.get(type)
+        if pipeline is None or pipeline not in speaker.share or not speaker.present or "participant" in fields:
+            return  # not shared, or itself another participant's event forwarded here
+        for listener in self.others(speaker):
+            listener.session.emit(type, participant=speaker.id, **fields)
+
+    async def _forward_speech(self, speaker: Participant) -> None:
+        """A speaker's translated speech, played to the listeners who hear its language."""
+        queue = speaker.session.subscribe("speech", maxsize=8)
+        while True:
+            item = await queue.get()
+            language = speaker.translates_to
+            for listener in self.others(speaker):
+                if listener.hear == language and listener.session.audio_out is not None:
+                    if not listener.session.audio_out.push_audio(item["samples"], item["sample_rate"], "room"):
+                        listener.session.emit_error("translation", "outbound audio queue is full; "
+                                                    f"{speaker.display_name or speaker.id}'s speech dropped")
+
+
+class RoomRegistry:
+    def __init__(self, settings):
+        self.settings = settings  # read when a room is made: --room-size
+        self.rooms: dict[str, Room] = {}
+
+    def check(self, name) -> None:
+        """Raises RoomError where joining ``name`` now would fail: a bad name (400), a full room (409)."""
+        if not isinstance(name, str) or not ROOM_NAME.fullmatch(name):
+            raise RoomError(400, '"room" must be 1 to 64 letters, digits, "-" or "_"')
+        room = self.rooms.get(name)
+        if len(room.participants if room else ()) >= (room.size if room else self.settings.room_size):
+            raise RoomError(409, f"room {name!r} is full ({room.size} participants, --room-size)")
+
+    def join(self, name: str, session, options: dict) -> Participant:
+        """``session`` joins room ``name``, made if it does not exist; raises RoomError."""
+        self.check(name)
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, self.settings.room_size, self._empty)
+        return room.join(session, options)
+
+    def _empty(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            log.info("room %s is empty and gone", room.name)

@@ -1,0 +1,166 @@
+"""Per-session media cost: the returned video follows the camera's size, nothing is encoded for a
+client that receives no video, and the VP8 encoder settings patched into aiortc are where
+``media/codecs.py`` expects them."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
+from tests.test_server import wait_until
+
+
+async def _returned_size(url: str, width: int, height: int) -> tuple[int, int]:
+    client = StreamClient(url, ["gender"])
+    client.keep_frames = 1
+    await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True),
+                         PatternVideoTrack(width, height))
+    try:
+        # The first frames may be the card (sent before the camera's first frame arrived).
+        await wait_until(lambda: client.frame_counts["video"] >= 15, timeout=15)
+        frame = client.received["video"][-1][1]
+        return frame.width, frame.height
+    finally:
+        await client.close()
+
+
+async def test_returned_video_has_the_cameras_size(media_server):
+    assert await _returned_size(media_server.url, 320, 240) == (320, 240)
+    assert await _returned_size(media_server.url, 640, 480) == (640, 480)
+
+
+async def test_no_outbound_video_for_a_client_that_receives_none(media_server):
+    client = StreamClient(media_server.url, ["gender"])
+    answer = await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True),
+                                  PatternVideoTrack(320, 240), receive_video=False)
+    try:
+        session = media_server.server.sessions[answer["session_id"]]
+        await wait_until(lambda: session.audio.end >= 16000, timeout=15)
+        await asyncio.sleep(0.5)
+        assert session.video_out.sent == 0 and client.frame_counts["video"] == 0
+        assert all(s.track is None for s in session.pc.getSenders() if s.kind == "video")  # no encoder
+        # gender reads no camera: the client's video is declined, so nothing is decoded either
+        assert _video_direction(answer["sdp"]) == "inactive" and session.camera.received == 0
+    finally:
+        await client.close()
+
+
+async def test_camera_is_kept_where_a_pipeline_reads_it(media_server):
+    client = StreamClient(media_server.url, ["commentary"])
+    answer = await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True),
+                                  PatternVideoTrack(320, 240), receive_video=False)
+    try:
+        session = media_server.server.sessions[answer["session_id"]]
+        assert _video_direction(answer["sdp"]) == "recvonly"
+        await wait_until(lambda: session.camera.received >= 5, timeout=15)
+        assert session.video_out.sent == 0
+    finally:
+        await client.close()
+
+
+def _video_direction(sdp: str) -> str:
+    video = [m for m in sdp.split("m=")[1:] if m.startswith("video")]
+    assert len(video) == 1
+    return next(d for d in ("sendrecv", "sendonly", "recvonly", "inactive") if f"a={d}" in video[0])
+
+
+# --- the VP8 encoder settings patched into aiortc (media/codecs.py) -----------------------------
+def test_aiortc_vp8_encoder_is_where_media_codecs_expects_it():
+    """Fails when an aiortc upgrade changes what media/codecs.py mirrors or patches: then read
+    aiortc's new Vp8Encoder.encode and update media/codecs.py to match."""
+    import inspect
+    import re
+
+    from aiortc import rtcrtpsender
+    from aiortc.codecs import vpx
+
+    from media import codecs
+
+    source = inspect.getsource(vpx.Vp8Encoder.encode)
+    options = dict(re.findall(r'"([a-z-]+)": "([^"]+)"', source))
+    assert options == codecs.AIORTC_OPTIONS  # the fixed options, with aiortc's defaults
+    assert set(re.findall(r'"([a-z-]+)": str\(', source)) == {"bufsize", "minrate", "maxrate"}
+    for line in ("self.codec.gop_size = 3000", "self.codec.qmin = 2", "self.codec.qmax = 56",
+                 "number_of_threads(", "frame.width != self.codec.width", "> 0.1", "if self.codec is None:"):
+        assert line in source, line
+    assert list(inspect.signature(vpx.Vp8Encoder.encode).parameters) == ["self", "frame", "force_keyframe"]
+    assert isinstance(vpx.Vp8Encoder.target_bitrate, property)
+    # aiortc's sender makes its encoders through the module-level name install() replaces
+    assert "get_encoder(codec)" in inspect.getsource(rtcrtpsender.RTCRtpSender._next_encoded_frame)
+    assert rtcrtpsender.get_encoder in (codecs.get_encoder, codecs._aiortc_get_encoder)
+
+
+def test_realtime_vp8_encoder_uses_its_options_and_aiortc_keeps_its_context(monkeypatch):
+    import fractions
+
+    import av
+    from aiortc import rtcrtpsender
+    from aiortc.codecs import get_capabilities
+
+    from media import codecs
+
+    made = {}  # id -> options of each context RealtimeVp8Encoder made, before libvpx consumed them
+
+    def libvpx_context(*args):
+        codec = make(*args)
+        made[id(codec)] = dict(codec.options)
+        return codec
+
+    make = codecs.libvpx_context
+    monkeypatch.setattr(codecs, "libvpx_context", libvpx_context)
+    codecs.install()
+    vp8 = next(c for c in get_capabilities("video").codecs if c.mimeType == "video/VP8")
+    opus = next(c for c in get_capabilities("audio").codecs if c.mimeType == "audio/opus")
+    encoder = rtcrtpsender.get_encoder(vp8)
+    assert isinstance(encoder, codecs.RealtimeVp8Encoder)
+    assert not isinstance(rtcrtpsender.get_encoder(opus), codecs.RealtimeVp8Encoder)
+    for i, (w, h) in enumerate([(320, 240)] * 3 + [(640, 480)] * 2):
+        frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), i * 40, np.uint8), format="bgr24")
+        frame.pts, frame.time_base = i * 3600, fractions.Fraction(1, 90000)
+        payloads, _ = encoder.encode(frame)
+        assert payloads
+        assert (encoder.codec.width, encoder.codec.height) == (w, h)
+        options = made[id(encoder.codec)]  # aiortc's encode used ours and made none of its own
+        assert {k: options[k] for k in codecs.OPTIONS} == codecs.OPTIONS
+        assert options["deadline"] == "realtime" and options["bufsize"] == str(encoder.target_bitrate)
+    assert len(made) == 2  # one per size
+
+
+# --- the returned audio: Opus encoded by the track, silence as DTX (tracks/opus.py) -------------
+async def test_opus_track_sends_silence_as_dtx_and_speech_every_20_ms():
+    import av
+
+    from tracks.opus import DTX_FRAMES, HANGOVER, OpusSpeechTrack
+    from tracks.outbound import FRAME_SAMPLES, OUT_RATE
+
+    track = OpusSpeechTrack()
+    track.opus = True
+    tapped = []
+    track.tap = tapped.append  # recording sees every frame of the play clock, DTX gaps included
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    silent = [await track.recv() for _ in range(3)]  # silence: one packet per 400 ms
+    assert 0.75 < loop.time() - t0 < 1.1
+    assert [p.pts for p in silent] == [i * DTX_FRAMES * FRAME_SAMPLES for i in range(3)]
+    assert track.timestamp == (2 * DTX_FRAMES + 1) * FRAME_SAMPLES  # the play clock kept real time
+    assert len(track.sent_frames) == 10 and all(not f.any() for f in track.sent_frames)
+    assert [f.pts for f in tapped] == [i * FRAME_SAMPLES for i in range(2 * DTX_FRAMES + 1)]
+    track.push_audio(np.full(4800, 0.5, np.float32), OUT_RATE)  # 100 ms of speech
+    speech = [await track.recv() for _ in range(5 + HANGOVER + 1)]
+    steps = np.diff([p.pts for p in [silent[-1], *speech]])
+    assert steps[0] <= 2 * FRAME_SAMPLES  # the speech went out at the next tick
+    assert list(steps[1:]) == [FRAME_SAMPLES] * (4 + HANGOVER) + [FRAME_SAMPLES]  # then every 20 ms
+    decoder = av.CodecContext.create("libopus", "r")
+    pcm = np.concatenate([f.to_ndarray()[0] for p in speech[:5] for f in decoder.decode(p)])
+    assert np.abs(pcm.astype(np.float32) / 32767).max() > 0.3  # it decodes to the speech
+    assert (await track.recv()).pts - speech[-1].pts == DTX_FRAMES * FRAME_SAMPLES  # DTX again
+
+
+async def test_opus_track_sends_frames_where_opus_was_not_negotiated():
+    import av
+
+    from tracks.opus import OpusSpeechTrack
+
+    frame = await OpusSpeechTrack().recv()
+    assert isinstance(frame, av.AudioFrame)

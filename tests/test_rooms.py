@@ -1,0 +1,212 @@
+"""Rooms (server/rooms.py): aiortc clients in one room see and hear each other through the server,
+get each other's events tagged with the participant, and hear each other translated."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+from av import AudioResampler
+
+from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
+from media.audio import to_pcm16
+from server.auth import AuthError, mint_token, verify_token
+from testing.media import espeak, load_audio
+from testing.server import in_process
+from testing.translation import EN_TEXT, words
+from tests.test_resume import offer_sdp
+from tests.test_translation import ES_TEXT
+from tests.test_translation_server import spanish_words_heard
+
+SECRET = "rooms-secret"
+
+
+def room_client(url: str, room: str, name: str, pipelines: list[str], options: dict | None = None,
+                slots: int = 1, **fields) -> StreamClient:
+    client = StreamClient(url, pipelines, options, receive_slots=slots)
+    client.body = {"room": room, "display_name": name, **fields}
+    return client
+
+
+async def next_from(client: StreamClient, participant: str, type: str, timeout: float = 90) -> dict:
+    """The next ``type`` event of another participant (one's own come untagged)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        event = await client.next_event(type, timeout=max(0.1, deadline - time.monotonic()))
+        if "participant" in event:
+            assert event["participant"] == participant
+            return event
+
+
+async def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_two_participants_see_each_other_and_the_room_limit(media_server, settings):
+    server = media_server.server
+    settings.room_size = 2
+    voice = load_audio(espeak("en+f3", "Hello, I am in the room with you."))
+    alice = room_client(media_server.url, "r1", "Alice", ["gender"], {"gender": {"interval": 0.5}})
+    bob = room_client(media_server.url, "r1", "Bob", [])
+    await alice.connect(ArrayAudioTrack(voice, 16000, loop=True), PatternVideoTrack())
+    await bob.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True), PatternVideoTrack())
+    try:
+        room = server.rooms.rooms["r1"]
+        assert (await alice.next_event("room"))["participant"] == alice.session_id
+        joined = await alice.next_event("participant_joined")
+        assert joined["participant"] == bob.session_id and joined["display_name"] == "Bob"
+        seen = await bob.next_event("participant_joined")
+        assert seen["participant"] == alice.session_id and seen["display_name"] == "Alice"
+        video_mid = seen["slots"]["video"]
+        assert video_mid is not None and seen["slots"]["audio"] is not None
+        # Bob receives Alice's camera on his slot, and her gender events tagged with her id.
+        await wait_until(lambda: bob.counts_by_mid.get(video_mid, 0) >= 10, 30, "Alice's video on Bob's slot")
+        gender = await bob.next_event("gender", timeout=60)
+        assert gender["participant"] == alice.session_id and gender["label"] in ("male", "female")
+
+        # A third participant over --room-size gets a clear error.
+        carol = room_client(media_server.url, "r1", "Carol", [])
+        with pytest.raises(RuntimeError, match=r"409.*full"):
+            await carol.connect()
+        await carol.pc.close()
+
+        # Bob leaves: Alice is told; his relay into her slot stops.
+        await bob.close()
+        left = await alice.next_event("participant_left", timeout=10)
+        assert left["participant"] == bob.session_id
+        await wait_until(lambda: all(s.source is None for ss in room.participants[alice.session_id].slots.values()
+                                     for s in ss), 10, "Alice's slots to empty")
+    finally:
+        await bob.close()
+        await alice.close()
+    await wait_until(lambda: not server.sessions, 10, "the sessions to close")
+    assert not server.rooms.rooms  # the room vanished with its last participant
+    for task in asyncio.all_tasks():
+        assert "room-speech" not in task.get_name()
+
+
+async def test_a_vanished_participant_is_removed_within_the_heartbeat_timeout(media_server, settings):
+    settings.heartbeat_timeout = 1.0
+    alice = room_client(media_server.url, "r2", "Alice", [])
+    bob = room_client(media_server.url, "r2", "Bob", [])
+    await alice.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True))
+    await bob.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True))
+    try:
+        await alice.next_event("participant_joined")
+        await bob.pc.close()  # gone without a word
+        left = await alice.next_event("participant_left", timeout=5)
+        assert left["participant"] == bob.session_id
+    finally:
+        await alice.close()
+
+
+async def test_a_room_translates_each_speaker_for_the_other(media_server):
+    """English speaker, Spanish listener: the listener reads the speaker's translation tagged
+    with the speaker's id and hears Spanish on its own returned audio track; then the Spanish
+    speaker's English reaches the English one."""
+    speech = load_audio(espeak("en-us", EN_TEXT))
+    audio = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(16000, np.float32)])
+    spanish = np.concatenate([np.zeros(8000, np.float32), load_audio(espeak("es", ES_TEXT)),
+                              np.zeros(16000, np.float32)])
+    speaker = room_client(media_server.url, "call", "Ann", ["translation"],
+                          {"translation": {"source": "en", "target": "es"}})
+    listener = room_client(media_server.url, "call", "Bea", ["translation"],
+                           {"translation": {"source": "es", "target": "en"}})
+    listener.keep_frames = 1500
+    voice = ArrayAudioTrack(np.zeros(16000, np.float32), 16000)  # silent, then (below) speaking Spanish
+    await listener.connect(voice)
+    await listener.next_event("room")
+    await speaker.connect(ArrayAudioTrack(audio, 16000))
+    try:
+        joined = await listener.next_event("participant_joined")
+        assert joined["languages"] == {"speaks": "en", "hears": "en", "translated_to": "es"}
+        finals = []
+        while not any({"café", "agua", "taza", "vaso"} & set(words(e["text"])) for e in finals):
+            event = await next_from(listener, speaker.session_id, "translation")
+            assert event["target_lang"] == "es"
+            finals.append(event)
+        session = media_server.server.sessions[listener.session_id]
+        await asyncio.sleep(session.audio_out.queued_seconds + 0.5)
+        own_audio_mid = next(t.mid for t in listener.pc.getTransceivers() if t.kind == "audio")
+        resampler = AudioResampler(format="flt", layout="mono", rate=16000)
+        returned = np.concatenate([f.to_ndarray().reshape(-1) for _, frame in listener.by_mid[own_audio_mid]
+                                   for f in resampler.resample(frame)])
+        assert (np.abs(returned) > 0.01).sum() > 16000 * 0.5, "no translated speech arrived"
+        assert len(spanish_words_heard(returned)) >= 3
+
+        # The other way: Bea speaks Spanish, Ann reads her English (from here on, Bea's own track
+        # also carries her own English, as a lone session's does).
+        voice.pcm = np.concatenate([np.zeros(voice.pos, np.int16), to_pcm16(spanish)])
+        back = await next_from(speaker, listener.session_id, "translation")
+        assert back["target_lang"] == "en" and back["source_lang"] == "es" and back["text"]
+    finally:
+        await speaker.close()
+        await listener.close()
+
+
+async def test_room_names_tokens_and_bad_fields(settings):
+    """``POST /rooms`` names are unguessable; a token bound to a room joins that room only; bad
+    participant fields answer 400 and leave no room behind."""
+    settings.auth_secret = SECRET
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, 60, room='ours')}"}
+    async with in_process(settings) as running, aiohttp.ClientSession(headers=headers) as http:
+        names = set()
+        for _ in range(2):
+            async with http.post(running.url + "/rooms") as resp:
+                assert resp.status == 200
+                names.add((await resp.json())["room"])
+        assert len(names) == 2 and all(len(n) >= 22 for n in names)
+        sdp = await offer_sdp()
+        for body, status, message in [
+                ({"room": "theirs"}, 403, "own room"), ({}, 403, "own room"),
+                ({"room": "ours", "display_name": 7}, 400, "display_name"),
+                ({"room": "ours", "original_volume": 2}, 400, "original_volume"),
+                ({"room": "ours", "hear": "Spanish!"}, 400, "hear")]:
+            async with http.post(running.url + "/offer", json={"sdp": sdp, "type": "offer", "pipelines": [],
+                                                               **body}) as resp:
+                assert resp.status == status and message in (await resp.json())["error"], body
+        assert not running.server.rooms.rooms and not running.server.sessions
+    with pytest.raises(AuthError, match="own room"):
+        verify_token(SECRET, mint_token(SECRET, 60, room="ours")).check_room("theirs")
+
+
+class FakeSession:
+    """What a Room touches of a session: its id, taps, emit, spawn, pipelines."""
+
+    def __init__(self, id: str):
+        self.id, self.taps, self.pipelines, self.events, self.room = id, [], {}, [], None
+        self.audio_out = None
+
+    def emit(self, type, **fields):
+        self.events.append({"type": type, **fields})
+        for tap in self.taps:
+            tap(type, fields)
+
+    def spawn(self, coro, name):
+        coro.close()
+
+
+def test_events_are_shared_by_choice():
+    """Gender and translation always reach the others, tagged; emotion only with ``share``;
+    nothing of a participant whose connection is lost; forwarded events are not forwarded again."""
+    from server.rooms import Room, participant_options
+    room = Room("x", 4, on_empty=lambda room: None)
+    sessions = {name: FakeSession(name) for name in ("ann", "bea", "cy")}
+    for name, share in (("ann", ["emotion"]), ("bea", []), ("cy", [])):
+        room.join(sessions[name], participant_options({"display_name": name, "share": share}, None))
+        room.participants[name].present = True
+    sessions["ann"].emit("emotion", label="happy")
+    sessions["bea"].emit("emotion", label="sad")
+    sessions["bea"].emit("gender", label="female")
+    sessions["bea"].emit("pong", id=1)
+    got = lambda who: [(e["type"], e.get("participant"), e.get("label")) for e in sessions[who].events]  # noqa: E731
+    assert got("cy") == [("emotion", "ann", "happy"), ("gender", "bea", "female")]
+    assert got("ann") == [("emotion", None, "happy"), ("gender", "bea", "female")]  # her own: untagged
+    room.detach(sessions["bea"])
+    sessions["bea"].emit("gender", label="female")
+    assert ("participant_left", "bea", None) in got("cy") and got("cy").count(("gender", "bea", "female")) == 1
