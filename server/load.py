@@ -21,6 +21,7 @@ balancer sends users elsewhere. Measured on the 2-core test machine: see README,
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread
 import ctypes
 import gc
 import logging
@@ -113,8 +114,11 @@ def process_figures() -> dict[str, float]:
                 anon = int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    return {"tasks": tasks, "threads": threading.active_count(), "open_fds": fds, "rss_mb": round(rss, 1),
-            "anon_mb": round(anon, 1)}
+    # Worker threads of thread pools (asyncio's executor, the models') are made as work comes, up
+    # to each pool's bound, and kept: counted apart from the threads that could leak.
+    pooled = len(getattr(concurrent.futures.thread, "_threads_queues", ()))
+    return {"tasks": tasks, "threads": threading.active_count() - pooled, "pool_threads": pooled,
+            "open_fds": fds, "rss_mb": round(rss, 1), "anon_mb": round(anon, 1)}
 
 
 class LoadMonitor:

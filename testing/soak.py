@@ -163,11 +163,11 @@ class Soak:
         return found
 
     def table(self) -> str:
-        rows = ["| when | cycles | s | sessions | tasks | threads | open fds | RSS MB | of it anonymous MB |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        rows = ["| when | cycles | s | sessions | tasks | threads | pool threads | open fds | RSS MB | of it anonymous MB |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for label, done, seconds, f in self.samples:
             rows.append(f"| {label} | {done} | {seconds:.0f} | {f['sessions']} | {f['tasks']} | {f['threads']} | "
-                        f"{f['open_fds']} | {f['rss_mb']:.1f} | {f['anon_mb']:.1f} |")
+                        f"{f.get('pool_threads', 0)} | {f['open_fds']} | {f['rss_mb']:.1f} | {f['anon_mb']:.1f} |")
         return "\n".join(rows)
 
     def kinds_table(self) -> str:
