@@ -10,7 +10,8 @@ export async function listPipelines() {
   let health;
   try {
     const resp = await authFetch('/health', {cache: 'no-store'});
-    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    // 503: full, draining or overloaded (a balancer's signal); it still lists the pipelines.
+    if (!resp.ok && resp.status !== 503) throw new Error(`HTTP ${resp.status}`);
     health = await resp.json();
   } catch (err) {
     el.pipelines.innerHTML = '';
