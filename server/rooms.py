@@ -19,6 +19,9 @@ participant receives
   the language the listener speaks: their ``translation.source``). Under translated speech the
   speaker's original voice on its slot plays at ``original_volume`` (0: muted).
 
+* a talking head in place of the camera of a participant who sends none (``avatar``; server/standin.py):
+  their portrait (``portrait``) speaking what each listener hears from them.
+
 ``participant_joined`` / ``participant_left`` (participant id, display name, languages) come on
 the data channel. A participant whose connection is lost (closed, failed, or silent for
 ``--heartbeat-timeout``) leaves at once; if its session resumes, it joins again. A room holds at
@@ -34,10 +37,13 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from aiortc import sdp
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import or_direction
 from av import AudioFrame, VideoFrame
+
+from server.standin import StandIn
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +150,13 @@ class Participant:
     hear: str | None  # the language whose translations it receives
     share: frozenset[str]  # pipelines whose events the others receive
     original_volume: float
+    avatar: bool | None = None  # a talking head instead of the camera: always, never, None: without one
+    portrait: str = "default"  # the talking head's portrait id
     present: bool = False  # its connection is up
     sources: dict[str, MediaStreamTrack] = field(default_factory=dict)  # its inbound tracks by kind
     slots: dict[str, list[Slot]] = field(default_factory=dict)  # its current connection's receive slots
     speech: asyncio.Task | None = None
+    standin: StandIn | None = None  # its talking head, shown instead of its camera
 
     @property
     def id(self) -> str:
@@ -166,7 +175,8 @@ class Participant:
     def describe(self) -> dict:
         return {"participant": self.id, "display_name": self.display_name,
                 "languages": {"speaks": self.speaks, "hears": self.hear,
-                              "translated_to": self.translates_to}}
+                              "translated_to": self.translates_to},
+                "avatar": self.standin is not None}
 
 
 def participant_options(body: dict, translation_options: dict | None) -> dict:
@@ -183,8 +193,14 @@ def participant_options(body: dict, translation_options: dict | None) -> dict:
     volume = body.get("original_volume", DEFAULT_ORIGINAL_VOLUME)
     if isinstance(volume, bool) or not isinstance(volume, (int, float)) or not 0 <= volume <= 1:
         raise RoomError(400, '"original_volume" must be a number from 0 (muted) to 1')
+    avatar = body.get("avatar")
+    if avatar not in (None, True, False):
+        raise RoomError(400, '"avatar" must be true, false or null (a talking head when no camera is sent)')
+    portrait = body.get("portrait", "default")
+    if not isinstance(portrait, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", portrait):
+        raise RoomError(400, '"portrait" must be a portrait id (POST /api/portraits)')
     return {"display_name": name.strip(), "hear": hear, "share": ALWAYS_SHARED | frozenset(share),
-            "original_volume": float(volume)}
+            "original_volume": float(volume), "avatar": avatar, "portrait": portrait}
 
 
 class Room:
@@ -214,6 +230,8 @@ class Room:
             slot.stop()
         for source in participant.sources.values():
             source.stop()
+        if participant.standin is not None:
+            participant.standin.close()
         del self.participants[session.id]
         if not self.participants:
             self._on_empty(self)
@@ -232,6 +250,7 @@ class Room:
                 transceiver.sender.replaceTrack(slot)
                 transceiver.direction = or_direction(transceiver.direction, "sendonly")
                 participant.slots[transceiver.kind].append(slot)
+        self._stand_in(participant, peer)
         was_present, participant.present = participant.present, True
         for other in self.others(participant):
             self._assign(participant, other)
@@ -239,6 +258,24 @@ class Room:
                 other.session.emit("participant_joined", **participant.describe(),
                                    slots=self._assign(other, participant))
         self.refresh()
+
+    def _stand_in(self, participant: Participant, peer) -> None:
+        """A talking head stands in for the participant's camera where ``avatar`` says so (by
+        default: where this connection's offer sends no video)."""
+        wanted = participant.avatar
+        if wanted is None:
+            wanted = not any(m.kind == "video" and m.direction in ("sendrecv", "sendonly")
+                             for m in sdp.SessionDescription.parse(peer.pc.remoteDescription.sdp).media)
+        if wanted and participant.standin is None:
+            standin = participant.standin = StandIn(participant.session, participant.portrait)
+
+            async def start():
+                await standin.start()
+                self.refresh()
+            participant.session.spawn(participant.session.guard("talking_head", start()), "room-standin")
+        elif not wanted and participant.standin is not None:
+            participant.standin.close()
+            participant.standin = None
 
     def inbound(self, session, track: MediaStreamTrack) -> MediaStreamTrack:
         """A participant's inbound track: the room relays it; the session reads its own copy."""
@@ -299,12 +336,14 @@ class Room:
                         if slot.owner is not None:
                             slot.feed(None)
                         continue
+                    translated = listener.hear is not None and speaker.translates_to == listener.hear \
+                        and speaker.speaks != listener.hear
                     track = speaker.sources.get(slot.kind)
+                    if slot.kind == "video" and speaker.standin is not None:
+                        track = speaker.standin.track(translated)
                     if track is not None and track is not slot.origin and track.readyState == "live":
                         slot.feed(speaker.id, track, self.relay)
                     if slot.kind == "audio":
-                        translated = listener.hear is not None and speaker.translates_to == listener.hear \
-                            and speaker.speaks != listener.hear
                         slot.gain = listener.original_volume if translated else 1.0
 
     # --- events and translated speech ----------------------------------------------------------
@@ -323,6 +362,8 @@ class Room:
         while True:
             item = await queue.get()
             language = speaker.translates_to
+            if speaker.standin is not None and any(listener.hear == language for listener in self.others(speaker)):
+                speaker.standin.timeline.push(item["samples"], item["sample_rate"])
             for listener in self.others(speaker):
                 if listener.hear == language and listener.session.audio_out is not None:
                     if not listener.session.audio_out.push_audio(item["samples"], item["sample_rate"], "room"):

@@ -13,7 +13,8 @@ from av import AudioResampler
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
 from media.audio import to_pcm16
 from server.auth import AuthError, mint_token, verify_token
-from testing.media import espeak, load_audio
+from testing.images import dark_pixels, mouth_area, portrait_rig
+from testing.media import espeak, load_audio, vowel
 from testing.server import in_process
 from testing.translation import EN_TEXT, words
 from tests.test_resume import offer_sdp
@@ -138,6 +139,12 @@ async def test_a_room_translates_each_speaker_for_the_other(media_server):
                                    for f in resampler.resample(frame)])
         assert (np.abs(returned) > 0.01).sum() > 16000 * 0.5, "no translated speech arrived"
         assert len(spanish_words_heard(returned)) >= 3
+        # Ann sends no camera: Bea sees her portrait speak the Spanish (her English is not routed
+        # to Bea, so only the translation can open that mouth).
+        assert joined["avatar"] is True
+        rig = portrait_rig()
+        darks = [dark_pixels(f.to_ndarray(format="bgr24"), rig) for _, f in listener.by_mid[joined["slots"]["video"]]]
+        assert max(darks) > 0.3 * mouth_area(rig) and min(darks) < 0.05 * mouth_area(rig), darks
 
         # The other way: Bea speaks Spanish, Ann reads her English (from here on, Bea's own track
         # also carries her own English, as a lone session's does).
@@ -210,3 +217,44 @@ def test_events_are_shared_by_choice():
     room.detach(sessions["bea"])
     sessions["bea"].emit("gender", label="female")
     assert ("participant_left", "bea", None) in got("cy") and got("cy").count(("gender", "bea", "female")) == 1
+
+
+async def test_a_participant_without_camera_is_shown_as_a_talking_head(media_server):
+    """Alice sends audio only: Bob receives, on her video slot, her portrait whose mouth opens
+    while she speaks and shuts in her silences."""
+    rig = portrait_rig()
+    clip = np.concatenate([np.zeros(24000, np.float32), vowel(1.0), np.zeros(24000, np.float32)])
+    alice = room_client(media_server.url, "heads", "Alice", [])
+    bob = room_client(media_server.url, "heads", "Bob", [])
+    bob.keep_frames = 200
+    await alice.connect(ArrayAudioTrack(clip, 16000, loop=True))
+    await bob.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True), PatternVideoTrack())
+    try:
+        seen = await bob.next_event("participant_joined")
+        assert seen["participant"] == alice.session_id and seen["avatar"] is True
+        assert (await alice.next_event("participant_joined"))["avatar"] is False  # Bob sends his camera
+        mid = seen["slots"]["video"]
+        await wait_until(lambda: bob.counts_by_mid.get(mid, 0) >= 100, 30, "Alice's talking head on Bob's slot")
+    finally:
+        await bob.close()
+        await alice.close()
+    frames = [f.to_ndarray(format="bgr24") for _, f in bob.by_mid[mid]]
+    assert frames[-1].shape == (512, 512, 3)
+    darks = [dark_pixels(f, rig) for f in frames]
+    assert max(darks) > 0.3 * mouth_area(rig), darks
+    assert min(darks) < 0.05 * mouth_area(rig), darks
+
+
+def test_translated_speech_drives_the_stand_in():
+    """The translated avatar's lips read routed speech on the server's clock: an utterance plays
+    from now, the next after it, and nothing after the last."""
+    from pipelines.talking_head.visemes import mouth_shape
+    from server.standin import SpeechTimeline
+    now = [100.0]
+    timeline = SpeechTimeline(clock=lambda: now[0])
+    assert not np.abs(timeline.window()[0]).any()
+    assert timeline.push(vowel(0.5), 16000) and timeline.push(vowel(0.5, rate=24000), 24000)
+    for t, speaking in ((100.02, True), (100.6, True), (100.98, True), (101.2, False)):
+        now[0] = t
+        samples, rate = timeline.window()
+        assert (mouth_shape(samples, rate).open > 0.5) == speaking, t

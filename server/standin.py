@@ -1,0 +1,128 @@
+"""A talking head standing in for a room participant without a camera (server/rooms.py).
+
+The others see the participant's portrait (``portrait``, an id from ``POST /api/portraits``)
+speaking, on the video slot that would carry their camera. It is the talking_head pipeline's
+``Avatar`` (the same rig, renderer and, with ``--device cuda``, the same ``BatchTicker``) behind a
+``SynthVideoTrack`` at the server's frame rate, relayed to every listener like a camera. Two
+avatars at most per participant, rendered once each whoever watches:
+
+* ``voice``: lips driven by the participant's own voice (the newest 40 ms of their microphone),
+  for listeners who hear them untranslated;
+* ``translated``: lips driven by their translated speech, for listeners who hear it
+  (``Room`` routes it). A ``SpeechTimeline`` plays each translated utterance on the server's
+  clock as it is routed (after the one before), as the listener's audio track does when
+  nothing else is queued on it; the lips read 40 ms around *now* of it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import numpy as np
+
+from media.audio import SAMPLE_RATE
+from media.buffers import LatestFrame
+from pipelines.talking_head.avatar import Avatar
+from pipelines.talking_head.face import DEFAULT_ID
+from pipelines.talking_head.pipeline import LOOKAHEAD, MIC_WINDOW, PLAYED_WINDOW, TalkingHeadPipeline
+from tracks.outbound import SynthVideoTrack
+
+log = logging.getLogger(__name__)
+
+MAX_SECONDS = 60.0  # translated speech kept ahead of now, at most
+
+
+class SpeechTimeline:
+    """Speech scheduled on the monotonic clock: each pushed utterance plays from the end of the
+    one before, or from now. Thread-safe (pushed on the event loop, read by a render thread)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._parts: list[tuple[float, np.ndarray, int]] = []  # (start time, float32 samples, rate)
+
+    def push(self, samples: np.ndarray, rate: int) -> bool:
+        now = self.clock()
+        with self._lock:
+            self._parts = [p for p in self._parts if p[0] + len(p[1]) / p[2] > now - 1.0]
+            start = max([now] + [p[0] + len(p[1]) / p[2] for p in self._parts])
+            if start - now > MAX_SECONDS:
+                return False
+            self._parts.append((start, np.asarray(samples, np.float32).reshape(-1), rate))
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._parts = []
+
+    def window(self, before: float = PLAYED_WINDOW, after: float = LOOKAHEAD) -> tuple[np.ndarray, int]:
+        """Samples at SAMPLE_RATE from ``before`` seconds ago to ``after`` seconds ahead (zeros
+        where nothing plays)."""
+        now = self.clock()
+        out = np.zeros(int((before + after) * SAMPLE_RATE), np.float32)
+        t0 = now - before
+        with self._lock:
+            parts = list(self._parts)
+        for start, samples, rate in parts:
+            lo, hi = int((t0 - start) * rate), int((t0 + before + after - start) * rate)
+            if hi <= 0 or lo >= len(samples):
+                continue
+            piece = samples[max(lo, 0):min(hi, len(samples))]
+            if rate != SAMPLE_RATE:  # nearest sample: enough for a mouth shape
+                piece = piece[(np.arange(int(len(piece) * SAMPLE_RATE / rate)) * rate // SAMPLE_RATE)]
+            at = int(max(start - t0, 0) * SAMPLE_RATE)
+            piece = piece[:len(out) - at]
+            out[at:at + len(piece)] += piece
+        return out, SAMPLE_RATE
+
+
+class StandIn:
+    """The talking heads of one participant: ``track(translated)`` is the video track to relay."""
+
+    def __init__(self, session, portrait_id: str = DEFAULT_ID):
+        self.session = session
+        self.portrait_id = portrait_id
+        self.timeline = SpeechTimeline()
+        self.tracks: dict[bool, SynthVideoTrack] = {}  # translated? -> track, once ready
+        self._avatars: list[Avatar] = []
+        self._ticker = None
+        self.closed = False
+
+    def _voice(self) -> tuple[np.ndarray, int]:
+        return self.session.audio.latest(int(MIC_WINDOW * SAMPLE_RATE)), SAMPLE_RATE
+
+    async def start(self) -> None:
+        """Load the portrait (a worker thread) and make both tracks."""
+        shared = await self.session.models.shared(TalkingHeadPipeline)
+        portrait = await asyncio.to_thread(shared.portraits.get, self.portrait_id)
+        if portrait is None:
+            self.session.emit_error("talking_head", f"unknown portrait {self.portrait_id!r}; showing the default")
+            portrait = await asyncio.to_thread(shared.portraits.get, DEFAULT_ID)
+        rig = await asyncio.to_thread(shared.rig, portrait)
+        if self.closed:
+            return
+        self._ticker = shared.ticker
+        for translated, window in ((False, self._voice), (True, self.timeline.window)):
+            avatar = Avatar(rig, window)
+            track = SynthVideoTrack(LatestFrame(), lambda: [], fps=self.session.settings.video_fps)
+            if self._ticker is not None:
+                self._ticker.add(avatar)
+                track.source = avatar.batched_frame
+            else:
+                track.source = avatar.render
+            self._avatars.append(avatar)
+            self.tracks[translated] = track
+        self.portrait_id = portrait.id
+
+    def track(self, translated: bool) -> SynthVideoTrack | None:
+        return self.tracks.get(translated)
+
+    def close(self) -> None:
+        self.closed = True
+        for track in self.tracks.values():
+            track.stop()
+        if self._ticker is not None:
+            for avatar in self._avatars:
+                self._ticker.remove(avatar)
