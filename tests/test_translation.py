@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import re
 
 import aiohttp
@@ -14,10 +15,10 @@ import pytest
 from media.audio import to_pcm16
 from pipelines.base import OptionError
 from pipelines.translation import asr as asr_stage
-from pipelines.translation.mt import ApertiumTranslator, apertium_pairs
-from pipelines.translation.tts import EspeakTTS, espeak_languages
+from pipelines.translation.mt import ApertiumTranslator, MTRequest, apertium_pairs
+from pipelines.translation.tts import EspeakTTS, TTSRequest, espeak_languages
 from pipelines.translation.languages import available_pairs
-from pipelines.translation.models import TranslationModels
+from pipelines.translation.models import TranslationModels, asr_spec
 from pipelines.translation.pipeline import TranslationPipeline
 from pipelines.translation.utterance import agreed_prefix
 from server.config import Settings
@@ -106,6 +107,76 @@ async def test_recognition_is_batched_across_sessions(monkeypatch):
     assert calls == [3]
     assert ["morning" in results[0].text.lower(), "station" in results[1].text.lower(),
             "thank" in results[2].text.lower()] == [True, True, True], [r.text for r in results]
+
+
+def round_trip(value):
+    """What a value is once it has crossed to another process."""
+    return pickle.loads(pickle.dumps(value))
+
+
+def test_asr_spec_builds_the_model_anywhere():
+    """The Whisper model's spec (what a Ray replica gets) builds a working batch recogniser;
+    requests and results survive pickling."""
+    spec = round_trip(asr_spec("tiny.en"))
+    assert spec == asr_spec("tiny.en") and spec.method == "recognize"
+    where = load_audio(espeak("en-us", "Where is the train station?"))
+    request = round_trip(asr_stage.Request(where, "en", prefix="Where"))
+    assert np.array_equal(request.samples, where) and request.prefix == "Where"
+    (result,) = spec.predictor()([request])
+    assert round_trip(result) == result and "station" in result.text.lower(), result
+
+
+class ReplicaStandIn:
+    """In place of ``inference.remote.RayModel``: a model built from its pickled spec, every item
+    and result pickled on the way, as with a Ray Serve replica."""
+
+    built: dict = {}
+
+    def __init__(self, name, spec, cluster, **batching):
+        self.name = name
+        self.batch = round_trip(spec).predictor()
+        self.built[name] = spec
+
+    async def predict(self, item):
+        (result,) = await asyncio.to_thread(self.batch, [round_trip(item)])
+        return round_trip(result)
+
+    async def close(self):
+        pass
+
+
+async def test_remote_stages_are_built_from_specs_subprocess_ones_stay(monkeypatch):
+    """With ``--inference ray`` the Whisper model is built from its spec and nothing of it is
+    loaded here; Apertium and espeak-ng (no spec) are models of this process, whatever
+    ``--remote-models`` says."""
+    import inference.remote
+    from inference import ModelRegistry
+    from inference.batching import Batcher
+
+    monkeypatch.setattr(inference.remote, "RayModel", ReplicaStandIn)
+    monkeypatch.setattr(ModelRegistry, "cluster", lambda self: None)
+    ReplicaStandIn.built = {}
+    settings = Settings()
+    settings.inference, settings.remote_models = "ray", ["translation-asr-tiny.en", "translation-espeak"]
+    registry = ModelRegistry(settings)
+    models = TranslationModels(settings.translation, registry=registry)
+    where = load_audio(espeak("en-us", "Where is the train station?"))
+    try:
+        heard = await models.recognize("en", where)
+        text = await models.translate("The weather is nice.", "en", "es")
+        samples, rate = await models.synthesize(text, "es")
+    finally:
+        await registry.close()
+        models.close()
+    assert "station" in heard.text.lower(), heard
+    assert text == "El tiempo es bueno." and rate == 22050 and len(samples) > rate / 2
+    assert list(ReplicaStandIn.built) == ["translation-asr-tiny.en"]
+    assert "translation-asr-tiny.en" not in models._local  # not loaded in the media server
+    assert {name for name, m in models._models.items() if isinstance(m, Batcher)} == {
+        "translation-apertium", "translation-espeak"}
+    assert models._local["translation-apertium"]._pairs == {}  # its pipelines stopped with the models
+    for item in (MTRequest("Hello.", "en", "es"), TTSRequest("Hola.", "es", "+f3")):  # could cross too
+        assert round_trip(item) == item
 
 
 def test_apertium_one_process_per_pair_sentence_by_sentence():

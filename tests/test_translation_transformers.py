@@ -4,13 +4,16 @@ tests build and save to a temporary folder, driven through the WebSocket endpoin
 from __future__ import annotations
 
 import json
+import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from pipelines.translation.mt import TransformersTranslator
-from pipelines.translation.seamless import SeamlessM4T
-from pipelines.translation.tts import TransformersTTS
+from pipelines.translation.models import mt_spec, seamless_spec, tts_spec
+from pipelines.translation.mt import MTRequest, TransformersTranslator
+from pipelines.translation.seamless import S2STRequest, SeamlessM4T
+from pipelines.translation.tts import TransformersTTS, TTSRequest
 from pipelines.translation.languages import available_pairs
 from testing.media import espeak, load_audio
 from testing.translation import EN_TEXT, ws_session
@@ -100,6 +103,30 @@ def test_tiny_backends_load_and_generate(tiny):
     result = SeamlessM4T(str(tiny / "seamless")).translate(np.zeros(16000, np.float32), "en", "es", max_new_tokens=8)
     assert isinstance(result.text, str) and isinstance(result.source_text, str)
     assert result.sample_rate == 16000 and result.samples.ndim == 1 and len(result.samples) > 0
+
+
+def round_trip(value):
+    """What a value is once it has crossed to another process (a Ray Serve replica)."""
+    return pickle.loads(pickle.dumps(value))
+
+
+def test_specs_build_the_models_anywhere(tiny):
+    """Each model's spec, pickled as a replica gets it, builds a working batch ``predict``;
+    requests and results survive pickling."""
+    settings = SimpleNamespace(mt_model=str(tiny / "opus-mt-{src}-{tgt}"), tts_model=str(tiny / "mms-tts-{lang3}"),
+                               seamless_model=str(tiny / "seamless"))
+    mt = round_trip(mt_spec(settings)).predictor()
+    texts = mt([round_trip(MTRequest("good morning", "en", "es")), round_trip(MTRequest(" ", "en", "es"))])
+    assert isinstance(texts[0], str) and texts[1] == "" and round_trip(texts) == texts
+    tts = round_trip(tts_spec(settings)).predictor()
+    ((samples, rate),) = round_trip(tts([round_trip(TTSRequest("buenos días", "es"))]))
+    assert rate == 16000 and samples.dtype == np.float32 and len(samples) > 0
+    seamless = round_trip(seamless_spec(settings)).predictor()
+    request = round_trip(S2STRequest(np.zeros(16000, np.float32), "en", "es"))
+    (result,) = seamless([request])
+    back = round_trip(result)
+    assert (back.source_text, back.text, back.sample_rate) == (result.source_text, result.text, 16000)
+    assert np.array_equal(back.samples, result.samples) and len(back.samples) > 0
 
 
 @pytest.fixture

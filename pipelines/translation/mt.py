@@ -7,6 +7,9 @@
   NLLB ``facebook/nllb-200-distilled-600M``) by hub id or local folder.
 
 Whisper's own ``translate`` task (any language into English) lives in ``asr.WhisperASR``.
+
+``ApertiumMT`` and ``TransformersMT`` serve every pair of their backend as one model of the server
+(``predict(requests) -> texts``, over ``MTRequest``s; see models.py).
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ import select
 import shutil
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 APERTIUM_MODES = Path("/usr/share/apertium/modes")
 # Apertium names languages with ISO 639-3 (eng-spa) or 639-1 (fr-es) codes; clients use 639-1.
@@ -159,3 +164,55 @@ class TransformersTranslator:
 
     def close(self) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class MTRequest:
+    """One text to translate (what crosses to a model that may run in another process)."""
+    text: str
+    source: str
+    target: str
+
+
+class PairTranslation:
+    """Every pair of one backend: a translator per pair, made on first use (thread-safe)."""
+
+    def __init__(self):
+        self._pairs: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+
+    def make(self, source: str, target: str):
+        raise NotImplementedError
+
+    def translator(self, source: str, target: str):
+        with self._lock:  # loading twice in parallel would double the memory
+            if (source, target) not in self._pairs:
+                self._pairs[(source, target)] = self.make(source, target)
+            return self._pairs[(source, target)]
+
+    def predict(self, requests: Sequence[MTRequest]) -> list[str]:
+        return [self.translator(r.source, r.target).translate(r.text) for r in requests]
+
+    def close(self) -> None:
+        with self._lock:
+            translators, self._pairs = list(self._pairs.values()), {}
+        for translator in translators:
+            translator.close()
+
+
+class ApertiumMT(PairTranslation):
+    name = "apertium"
+
+    def make(self, source: str, target: str) -> ApertiumTranslator:
+        return ApertiumTranslator(source, target, apertium_pairs()[(source, target)])
+
+
+class TransformersMT(PairTranslation):
+    name = "transformers"
+
+    def __init__(self, model: str, device: str = "cpu"):
+        super().__init__()
+        self.model, self.device = model, device
+
+    def make(self, source: str, target: str) -> TransformersTranslator:
+        return TransformersTranslator(self.model, source, target, self.device)

@@ -269,15 +269,14 @@ class TranslationPipeline(Pipeline):
 
     async def _translate(self, models, job: Job, text: str, timings: dict) -> str:
         source, target = job.options["source"], job.options["target"]
-        translator = await asyncio.to_thread(models.translator, source, target)
-        if translator is None:  # Whisper's translate task, from the audio itself
+        if not await asyncio.to_thread(models.translates_text, source, target):
+            # Whisper's translate task, from the audio itself
             return (await self._timed("mt", timings, models.recognize, source, job.audio, "translate")).text
-        return await self._timed("mt", timings, translator.translate, text)
+        return await self._timed("mt", timings, models.translate, text, source, target)
 
     async def _speak(self, models, job: Job, text: str, timings: dict) -> float:
         """Synthesise and queue ``text``; returns seconds of audio queued."""
-        tts = await asyncio.to_thread(models.tts)
-        samples, rate = await self._timed("tts", timings, tts.synthesize, text, job.options["target"],
+        samples, rate = await self._timed("tts", timings, models.synthesize, text, job.options["target"],
                                           job.options["voice"])
         return self._play(job, samples, rate, text)
 
@@ -403,9 +402,8 @@ class TranslationPipeline(Pipeline):
         if not job.final:
             return  # SeamlessM4T v2 translates whole utterances here
         timings: dict = {}
-        model = await asyncio.to_thread(models.seamless)
         source, target = job.options["source"], job.options["target"]
-        result = await self._timed("s2st", timings, model.translate, job.audio, source, target)
+        result = await self._timed("s2st", timings, models.translate_speech, job.audio, source, target)
         self._emit_transcript(job, result.source_text, True, dict(timings))
         seconds = self._play(job, result.samples, result.sample_rate, result.text)
         self._emit_translation(job, result.source_text, result.text, True, timings,

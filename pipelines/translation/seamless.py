@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -29,6 +30,14 @@ class SpeechTranslation:
     text: str
     samples: np.ndarray  # float32 mono
     sample_rate: int
+
+
+@dataclass(frozen=True)
+class S2STRequest:
+    """One utterance to translate, 16 kHz mono (what crosses to a model that may run elsewhere)."""
+    samples: np.ndarray
+    source: str
+    target: str
 
 
 class SeamlessM4T:
@@ -61,6 +70,10 @@ class SeamlessM4T:
         if getattr(spoken, "waveform_lengths", None) is not None:
             waveform = waveform[: int(spoken.waveform_lengths.reshape(-1)[0])]
         return SpeechTranslation(source_text, text, waveform.float().cpu().numpy().reshape(-1), self.sample_rate)
+
+
+    def predict(self, requests: Sequence[S2STRequest]) -> list[SpeechTranslation]:
+        return [self.translate(r.samples, r.source, r.target) for r in requests]
 
 
 def _sequences(output):

@@ -4,6 +4,9 @@
   keep warm), about a hundred languages; ``--stdout`` gives a WAV.
 * ``TransformersTTS``: a transformers VITS model (MMS-TTS ``facebook/mms-tts-spa`` and friends), by
   hub id or local folder; ``{lang3}`` in the name picks a model per language (ISO 639-3).
+
+Both also synthesise a batch, ``predict(requests) -> [(samples, rate)]`` over ``TTSRequest``s, as a
+model of the server (see models.py).
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import shutil
 import subprocess
 import threading
 import wave
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -46,7 +51,23 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
     return from_pcm16(frames), rate
 
 
-class EspeakTTS:
+@dataclass(frozen=True)
+class TTSRequest:
+    """One text to speak (what crosses to a model that may run in another process)."""
+    text: str
+    language: str
+    voice: str | None = None
+
+
+class Synthesizer:
+    def synthesize(self, text: str, language: str, voice: str | None = None) -> tuple[np.ndarray, int]:
+        raise NotImplementedError
+
+    def predict(self, requests: Sequence[TTSRequest]) -> list[tuple[np.ndarray, int]]:
+        return [self.synthesize(r.text, r.language, r.voice) for r in requests]
+
+
+class EspeakTTS(Synthesizer):
     name = "espeak"
 
     def __init__(self, speed: int = 165):
@@ -71,7 +92,7 @@ class EspeakTTS:
         return decode_wav(result.stdout)
 
 
-class TransformersTTS:
+class TransformersTTS(Synthesizer):
     name = "transformers"
 
     def __init__(self, model: str, device: str = "cpu"):
