@@ -162,6 +162,9 @@ async def test_remote_stages_are_built_from_specs_subprocess_ones_stay(monkeypat
     models = TranslationModels(settings.translation, registry=registry)
     where = load_audio(espeak("en-us", "Where is the train station?"))
     try:
+        await asyncio.to_thread(models.warm, "en", "es")  # --preload: deploys, or loads what runs here
+        assert list(ReplicaStandIn.built) == ["translation-asr-tiny.en"]
+        assert ("en", "es") in models._local["translation-apertium"]._pairs
         heard = await models.recognize("en", where)
         text = await models.translate("The weather is nice.", "en", "es")
         samples, rate = await models.synthesize(text, "es")

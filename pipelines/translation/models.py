@@ -73,6 +73,9 @@ class TranslationModels:
             self.recognizer(source)
             if self.translates_text(source, target):
                 self.text_translator(source, target)
+                name = self._mt(self.mt_backend(source, target))[0]
+                if name in self._local:  # translated here: the pair's translator too
+                    self._local[name].translator(source, target)
             self.speaker()
         except Exception:  # a session using these models reports the error itself
             log.warning("could not preload the %s -> %s translation models", source, target, exc_info=True)
