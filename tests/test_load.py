@@ -112,7 +112,7 @@ async def test_overload_refuses_new_sessions_and_health_says_so(shedding, media_
                 health = await resp.json()
                 assert resp.status == 503 and health["status"] == "overloaded" and health["load"] == 1.3
                 assert health["load_detail"]["parts"]["video"] == 1.3 and health["load_detail"]["threshold"] == 0.7
-                assert set(health["process"]) == {"tasks", "threads", "open_fds", "rss_mb", "anon_mb"}
+                assert set(health["process"]) == {"tasks", "threads", "pool_threads", "open_fds", "rss_mb", "anon_mb"}
             async with public.get(media_server.url + "/health") as resp:  # a balancer sees the figure only
                 health = await resp.json()
                 assert resp.status == 503 and health["load"] == 1.3
