@@ -26,6 +26,7 @@ from pipelines.base import OptionError, Pipeline
 from pipelines.context import PipelineContext
 
 log = logging.getLogger(__name__)
+CLOSE_SECONDS = 10.0  # what a session's tasks and transport get to let go when it closes
 
 MAX_MESSAGE_CHARS = 64 * 1024
 MAX_DEPTH = 32  # nesting of a client message (json.dumps of an answer must not hit the recursion limit)
@@ -236,13 +237,20 @@ class Session(PipelineContext):
         tasks = [t for t in self._tasks if t is not current]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded: a task or a transport that does not let go (aiortc waiting on a track's frame)
+        # is logged and left behind rather than holding the session, and shutdown, forever.
+        if tasks and (await asyncio.wait(tasks, timeout=CLOSE_SECONDS))[1]:
+            log.warning("%s session %s: tasks still running %.0f s after cancel", self.transport, self.id,
+                        CLOSE_SECONDS)
         for name, pipeline in self.pipelines.items():
             await self.guard(name, pipeline.close())
-        try:
-            await self._release()
-        except Exception:  # e.g. aiortc failing to close a connection it never set up
-            log.exception("releasing %s session %s failed", self.transport, self.id)
+        release = asyncio.ensure_future(self._release())
+        await asyncio.wait({release}, timeout=CLOSE_SECONDS)
+        if not release.done():
+            log.warning("%s session %s: transport not released after %.0f s; left behind", self.transport,
+                        self.id, CLOSE_SECONDS)
+        elif not release.cancelled() and release.exception() is not None:  # e.g. aiortc failing to close
+            log.error("releasing %s session %s failed", self.transport, self.id, exc_info=release.exception())
         if self._on_close is not None:
             self._on_close(self)
         self.closed.set()
