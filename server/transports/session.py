@@ -244,13 +244,10 @@ class Session(PipelineContext):
                         CLOSE_SECONDS)
         for name, pipeline in self.pipelines.items():
             await self.guard(name, pipeline.close())
-        release = asyncio.ensure_future(self._release())
-        await asyncio.wait({release}, timeout=CLOSE_SECONDS)
-        if not release.done():
-            log.warning("%s session %s: transport not released after %.0f s; left behind", self.transport,
-                        self.id, CLOSE_SECONDS)
-        elif not release.cancelled() and release.exception() is not None:  # e.g. aiortc failing to close
-            log.error("releasing %s session %s failed", self.transport, self.id, exc_info=release.exception())
+        try:
+            await self._release()
+        except Exception:  # e.g. aiortc failing to close a connection it never set up
+            log.exception("releasing %s session %s failed", self.transport, self.id)
         if self._on_close is not None:
             self._on_close(self)
         self.closed.set()

@@ -19,7 +19,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import codecs
 from media.buffers import LatestFrame
-from server.transports.session import Session
+from server.transports.session import CLOSE_SECONDS, Session
 from tracks.inbound import read_audio, read_video
 from tracks.opus import OpusSpeechTrack
 from tracks.outbound import SynthVideoTrack
@@ -321,5 +321,11 @@ class WebRTCSession(Session):
         self.audio_out.stop()
         self.video_out.stop()
         self.peer.lost = True
-        await self.peer.pc.close()
-        await asyncio.gather(*self._peer_closes, return_exceptions=True)
+        # Bounded: aiortc's close waits for its senders, and a sender stuck on a relayed track's
+        # frame (seen in a room's teardown) would hold the session, and shutdown, forever.
+        closing = [asyncio.ensure_future(self.peer.pc.close()), *self._peer_closes]
+        if (await asyncio.wait(closing, timeout=CLOSE_SECONDS))[1]:
+            log.warning("session %s: peer connection not closed after %.0f s; left behind", self.id, CLOSE_SECONDS)
+        for task in closing:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.info("session %s: closing its peer connection failed: %r", self.id, task.exception())
