@@ -349,3 +349,18 @@ async def test_ring_chunks_are_consecutive_and_skip_to_the_present_when_overrun(
     assert not nxt.done()  # waits for audio that has not arrived
     ring.write(np.arange(400, 410, dtype=np.float32))
     assert (await asyncio.wait_for(nxt, 1))[0] == 400
+
+
+async def test_video_track_draws_on_the_cameras_yuv_picture_without_converting_it():
+    camera = LatestFrame()
+    track = SynthVideoTrack(camera, lambda: [Badge("male", 0.8, title="voice")], fps=25)
+    picture = av.VideoFrame.from_ndarray(np.full((480, 640, 3), 200, np.uint8), format="bgr24")
+    camera.put(picture.reformat(format="yuv420p"))
+    frame = await track.recv()
+    assert frame.format.name == "yuv420p" and (frame.width, frame.height) == (640, 480)
+    out = frame.to_ndarray(format="bgr24")
+    assert out[20:60, -100:-20].mean() < 150 and abs(out[200:, :300].astype(float).mean() - 200) < 3
+    camera.put(av.VideoFrame.from_ndarray(np.full((241, 321, 3), 90, np.uint8), format="bgr24")
+               .reformat(format="yuv420p"))  # odd sides: drawn in BGR
+    frame = await track.recv()
+    assert frame.format.name == "bgr24" and (frame.width, frame.height) == (321, 241)

@@ -118,3 +118,33 @@ async def test_overlay_option_turns_a_pipelines_overlay_off_and_on(media_server)
         assert session.overlay_items() == []
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("size", [(320, 240), (640, 480), (1280, 720)])
+def test_drawing_on_the_decoded_yuv_picture_matches_drawing_in_bgr(size):
+    """The returned video draws on the camera's own I420 picture (no colour conversion either
+    way): what the viewer sees is what the BGR drawing, encoded as I420, would show, within
+    rounding (the sprite's chroma is averaged over 2x2 pixels before blending, not after)."""
+    import av
+
+    width, height = size
+    rng = np.random.default_rng(0)
+    camera = av.VideoFrame.from_ndarray(
+        np.clip(rng.normal(120, 30, (height, width, 3)), 0, 255).astype(np.uint8), format="bgr24"
+    ).reformat(format="yuv420p")
+    items = [Badge("female", 0.97, title="voice"), Subtitle("¿Qué tal? Hoy hablamos", secondary="How are you?"),
+             Chat("a comment on the stream", user="AI")]
+    now = items[0].at + 0.1
+    drawn_bgr = Overlay().draw(camera.to_ndarray(format="bgr24").copy(), items, now)
+    expected = (av.VideoFrame.from_ndarray(drawn_bgr, format="bgr24").reformat(format="yuv420p")
+                .to_ndarray(format="bgr24").astype(float))
+    i420 = camera.to_ndarray(format="yuv420p").copy()
+    drawn = Overlay().draw(i420, items, now, i420=True)
+    assert drawn is i420
+    got = av.VideoFrame.from_ndarray(i420, format="yuv420p").to_ndarray(format="bgr24").astype(float)
+    changed = np.abs(expected - camera.to_ndarray(format="bgr24")).max(axis=2) > 8
+    assert changed.mean() > 0.02  # the items are there
+    error = np.abs(got - expected).max(axis=2)
+    assert np.median(error[changed]) < 6
+    assert np.mean(error[changed] < 24) > 0.95  # only the chroma at sharp coloured edges differs more
+    assert np.abs(got - expected)[~changed].mean() < 3

@@ -172,25 +172,32 @@ class SynthVideoTrack(MediaStreamTrack):
         self._pts = 0
         self._card = placeholder_card()
         self._cache_key = None
-        self._cache_image: np.ndarray | None = None
+        self._cache_image: tuple[np.ndarray, str] | None = None
         self.sent = 0
         self.tap: Callable[[VideoFrame], None] | None = None  # sees every sent frame (recording)
         self.skipped = 0  # frames not sent because the track fell behind (server/load.py reads both)
 
-    def _compose(self) -> np.ndarray:
+    def _compose(self) -> tuple[np.ndarray, str]:
+        """The next picture and its layout: the camera's own decoded YUV 4:2:0 (drawn on as it is,
+        no colour conversion either way), else BGR (the card, a pipeline's source)."""
         items, now = self.overlay(), time.monotonic()
         image = self.source() if self.source else None
-        if image is None:
-            frame = self.camera.take()
-            key = (id(frame), Overlay.state(items, now))
-            if key == self._cache_key and self._cache_image is not None:
-                return self._cache_image  # nothing changed since the last tick
-            image = (self.camera.to_array(frame) if frame is not None else self._card).copy()
-            self._cache_key = key
-            self._cache_image = self._overlay.draw(image, items, now)
-            return self._cache_image
-        self._cache_key = None
-        return self._overlay.draw(np.array(image, copy=True), items, now)
+        if image is not None:
+            self._cache_key = None
+            return self._overlay.draw(np.array(image, copy=True), items, now), "bgr24"
+        frame = self.camera.take()
+        key = (id(frame), Overlay.state(items, now))
+        if key == self._cache_key and self._cache_image is not None:
+            return self._cache_image  # nothing changed since the last tick
+        if frame is None:
+            image, layout = self._card.copy(), "bgr24"
+        elif frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+            image, layout = self.camera.to_array(frame, "yuv420p").copy(), "yuv420p"
+        else:
+            image, layout = self.camera.to_array(frame).copy(), "bgr24"
+        self._cache_key = key
+        self._cache_image = self._overlay.draw(image, items, now, i420=layout == "yuv420p"), layout
+        return self._cache_image
 
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
@@ -203,8 +210,8 @@ class SynthVideoTrack(MediaStreamTrack):
             self.skipped += int(late * self.fps)
         await self._pacer.wait(self._pts)
         # Colour conversion and drawing release the GIL: keep them off the event loop.
-        image = await asyncio.get_running_loop().run_in_executor(None, self._compose)
-        frame = VideoFrame.from_ndarray(image, format="bgr24")
+        image, layout = await asyncio.get_running_loop().run_in_executor(None, self._compose)
+        frame = VideoFrame.from_ndarray(image, format=layout)
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self._pts += step

@@ -33,9 +33,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Union
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from tracks.sprites import Sprite, i420_planes
 
 FADE = 0.8  # seconds an item takes to fade out once its hold time is over
 FADE_STEPS = 16  # opacity levels while fading (a frame's look only changes at these)
@@ -258,46 +259,6 @@ class Layout:
 
 
 # --- sprites -----------------------------------------------------------------------------------------
-class Sprite:
-    """A rendered item: BGR pixels and their opacity (float32 0–1)."""
-
-    __slots__ = ("bgr", "alpha", "inverse")
-
-    def __init__(self, rgba: Image.Image):
-        pixels = np.asarray(rgba)
-        self.bgr = np.ascontiguousarray(pixels[:, :, 2::-1])
-        self.alpha = pixels[:, :, 3].astype(np.float32) / 255.0
-        self.inverse = 1.0 - self.alpha
-
-    @property
-    def height(self) -> int:
-        return self.bgr.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.bgr.shape[1]
-
-    def weights(self, level: float) -> tuple[np.ndarray, np.ndarray]:
-        """The sprite's and the picture's weights at opacity ``level`` (fading: made per frame)."""
-        if level == 1.0:
-            return self.alpha, self.inverse
-        alpha = self.alpha * np.float32(level)
-        return alpha, 1.0 - alpha
-
-    def blend(self, image: np.ndarray, x: int, y: int, level: float = 1.0) -> None:
-        """Over ``image`` (BGR, in place) with its top-left at (x, y), clipped to the image."""
-        h, w = image.shape[:2]
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + self.width, w), min(y + self.height, h)
-        if x0 >= x1 or y0 >= y1:
-            return
-        sx, sy = x0 - x, y0 - y
-        region = (slice(y0, y1), slice(x0, x1))
-        crop = (slice(sy, sy + y1 - y0), slice(sx, sx + x1 - x0))
-        fg, bg_weight = self.weights(level)
-        image[region] = cv2.blendLinear(np.ascontiguousarray(self.bgr[crop]), np.ascontiguousarray(image[region]),
-                                        np.ascontiguousarray(fg[crop]), np.ascontiguousarray(bg_weight[crop]))
-
-
 def _line_height(face) -> int:
     ascent, descent = face.getmetrics()
     return ascent + descent
@@ -471,28 +432,33 @@ class Overlay:
         """What a frame would show: equal states draw equal pictures (for callers' caches)."""
         return tuple((item, level) for item in items if (level := opacity(item, now)) > 0)
 
-    def draw(self, image: np.ndarray, items: Iterable[Item], now: float | None = None) -> np.ndarray:
-        """Draw the visible ``items`` on a BGR image, in place; returns it."""
+    def draw(self, image: np.ndarray, items: Iterable[Item], now: float | None = None,
+             i420: bool = False) -> np.ndarray:
+        """Draw the visible ``items`` on ``image``, in place; returns it. The image is BGR, or
+        with ``i420`` a YUV 4:2:0 picture (``tracks.sprites``: a decoded frame's own layout)."""
         now = _now() if now is None else now
         shown = self.state(items, now)
         if not shown:
             return image
-        layout = self.layout(image.shape[1], image.shape[0])
-        width, height = layout.width, layout.height
+        height, width = i420_planes(image)[0].shape if i420 else image.shape[:2]
+        layout = self.layout(width, height)
         bottom = height - layout.margin
+        places = []
         for item, level in shown:  # subtitles: bottom centre, upwards
             if isinstance(item, Subtitle) and (sprite := self.sprite(item, layout)):
-                sprite.blend(image, (width - sprite.width) // 2, bottom - sprite.height, level)
+                places.append((sprite, (width - sprite.width) // 2, bottom - sprite.height, level))
                 bottom -= sprite.height + layout.gap
         for item, level in reversed(shown):  # chat: above the subtitles, newest lowest
             if isinstance(item, Chat) and (sprite := self.sprite(item, layout)):
-                sprite.blend(image, layout.margin, bottom - sprite.height, level)
+                places.append((sprite, layout.margin, bottom - sprite.height, level))
                 bottom -= sprite.height + layout.gap
         top = layout.margin
         for item, level in shown:  # badges: top-right, top-down
             if isinstance(item, Badge) and (sprite := self.sprite(item, layout)):
-                sprite.blend(image, width - layout.margin - sprite.width, top, level)
+                places.append((sprite, width - layout.margin - sprite.width, top, level))
                 top += sprite.height + layout.gap
+        for sprite, x, y, level in places:
+            (sprite.blend_i420 if i420 else sprite.blend)(image, x, y, level)
         while len(self._sprites) > len(shown) + self.spare:  # this frame's were all just used: last
             self._sprites.popitem(last=False)
         return image

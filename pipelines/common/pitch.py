@@ -23,8 +23,10 @@ def yin(samples: np.ndarray, sample_rate: int = 16000, fmin: float = 60.0, fmax:
     tau_max = min(int(sample_rate / fmin), n - 1)
     tau_min = max(2, int(sample_rate / fmax))
     w = n - tau_max  # integration window
-    # Difference function d(tau) = e(0) + e(tau) - 2 r(tau), with r by FFT autocorrelation.
-    size = 1 << int(np.ceil(np.log2(2 * n)))
+    # Difference function d(tau) = e(0) + e(tau) - 2 r(tau), with r by FFT cross-correlation of
+    # the frame with its first w samples. A circular correlation of size n is exact here: the
+    # negative lags (down to -(w - 1)) wrap to n - w + 1 = tau_max + 1 and above, past every lag read.
+    size = n
     spec = np.fft.rfft(frames, size)
     spec_w = np.fft.rfft(frames[:, :w], size)
     r = np.fft.irfft(spec * np.conj(spec_w), size)[:, :tau_max + 1]
