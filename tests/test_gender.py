@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pipelines.base import OptionError
-from pipelines.gender.pipeline import GenderPipeline, PitchGender, make_backend
-from pipelines.common.pitch import yin
+from pipelines.gender.pipeline import GenderPipeline, PitchGender, PitchUpdate, make_backend
+from pipelines.common.pitch import PitchTrack, yin
 from pipelines.common.vad import CHUNK, SileroVAD
 from inference import Batcher, Overloaded
 from testing.media import espeak, flite, load_audio
@@ -82,6 +82,33 @@ def test_yin_onset_after_digital_silence_gives_no_spurious_pitch():
     # the same with a DC offset in the "silence"
     voiced = voiced_f0(np.concatenate([np.full(SR // 2, 0.01, dtype=np.float32), harmonic(130)]))
     assert np.all(np.abs(voiced / 130 - 1) < 0.02)
+
+
+def test_pitch_track_computes_each_frame_once_as_yin_would_over_the_stream():
+    rng = np.random.default_rng(3)
+    t = np.arange(16000 * 4) / 16000
+    stream = np.sin(2 * np.pi * (120 + 60 * t) * t) + 0.05 * rng.standard_normal(len(t))
+    whole_f0, whole_ap = yin(stream)
+    track = PitchTrack(max_seconds=2.5)
+    cuts = np.sort(rng.integers(0, len(stream), 30))
+    for part in np.split(stream, cuts):  # pieces of any length, some empty or shorter than a frame
+        track.push(part)
+    f0, ap = track.window(2.0)
+    assert len(f0) == 200
+    np.testing.assert_allclose(f0, whole_f0[-200:], atol=1e-6)
+    np.testing.assert_allclose(ap, whole_ap[-200:], atol=1e-9)
+    assert len(track.window(9)[0]) <= 260  # at most max_seconds (and one push) kept
+    assert len(PitchTrack().window(3)[0]) == 0
+
+
+def test_pitch_gender_on_a_track_matches_the_whole_clip():
+    speech = load_audio(espeak("en+f3"))[:16000 * 3]
+    backend, track = PitchGender(), PitchTrack()
+    for part in np.array_split(speech, 7):
+        result = backend.predict([PitchUpdate(track, part, 3.0)])[0]
+    whole = backend.predict_one(speech)
+    assert result.label == whole.label == "female"
+    assert abs(result.detail["f0_hz"] - whole.detail["f0_hz"]) < 1
 
 
 def test_yin_short_input():

@@ -6,6 +6,8 @@ its first dip below a threshold at the pitch period; d' there is the frame's ape
 """
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 
@@ -62,3 +64,36 @@ def yin(samples: np.ndarray, sample_rate: int = 16000, fmin: float = 60.0, fmax:
     silent = (sq[:, -1] < 1e-7 * n) | (reference < np.maximum(1e-7, 0.05 * sq[:, -1] / n))
     f0 = np.where(has & ~silent, sample_rate / period, 0.0)
     return f0, np.where(silent, 1.0, aperiodicity)
+
+
+class PitchTrack:
+    """YIN over one stream, each frame computed once: ``push`` speech as it comes, ``window``
+    reads the frames of the last seconds of it (the frames ``yin`` would give for the whole
+    stream, at most ``max_seconds`` kept)."""
+
+    def __init__(self, sample_rate: int = 16000, max_seconds: float = 10.0, frame: float = 0.04,
+                 hop: float = 0.01):
+        self.sample_rate, self.frame, self.hop = sample_rate, frame, hop
+        self._step = int(hop * sample_rate)
+        self._pending = np.zeros(0)  # samples from the next frame's start on
+        self._parts: deque[tuple[np.ndarray, np.ndarray]] = deque()  # (f0, aperiodicity) per push
+        self._frames = 0
+        self._max_frames = int(max_seconds / hop)
+
+    def push(self, samples: np.ndarray) -> None:
+        x = np.concatenate([self._pending, np.asarray(samples, dtype=np.float64)])
+        f0, aperiodicity = yin(x, self.sample_rate, frame=self.frame, hop=self.hop)
+        self._pending = x[len(f0) * self._step:]
+        if len(f0):
+            self._parts.append((f0, aperiodicity))
+            self._frames += len(f0)
+        while self._parts and self._frames - len(self._parts[0][0]) >= self._max_frames:
+            self._frames -= len(self._parts.popleft()[0])
+
+    def window(self, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+        """(f0, aperiodicity) of the frames of the last ``seconds`` pushed."""
+        if not self._parts:
+            return np.zeros(0), np.zeros(0)
+        count = int(seconds / self.hop)
+        f0 = np.concatenate([p[0] for p in self._parts])[-count:]
+        return f0, np.concatenate([p[1] for p in self._parts])[-count:]

@@ -7,7 +7,8 @@ are classified. Classification is one ``Model`` of the server, batched across al
 Backends (``--gender-backend``):
 * ``pitch`` (embedded, no weights): median F0 of voiced frames (YIN) on a logistic scale around
   the ~160 Hz boundary between typical adult male and female voices; confidence shrinks towards
-  0.5 when little voiced speech was heard.
+  0.5 when little voiced speech was heard. Each session's speech is pitch-tracked as it comes
+  (a ``PitchTrack``, each frame once), not the whole window again for every result.
 * ``wav2vec2``: any transformers audio-classification model with female/male labels, by hub id or
   local path (``--gender-model``, default 7wolf/wav2vec2-base-gender-classification).
 """
@@ -24,13 +25,22 @@ import numpy as np
 
 from pipelines.base import Pipeline
 from pipelines.common.audio_classifier import AudioClassifier, softmax
-from pipelines.common.pitch import yin
+from pipelines.common.pitch import PitchTrack, yin
 from pipelines.common.vad import SileroVAD
 from inference import InferenceError, Model, ModelSpec
 from media.audio import SAMPLE_RATE
 from tracks.overlay import Badge
 
 HOP = 0.128  # seconds of audio read per step (4 VAD chunks)
+
+
+@dataclass
+class PitchUpdate:
+    """The pitch backend's input from a session: its track and the speech heard since the last
+    result (pushed on the backend's thread), classified on the last ``seconds``."""
+    track: PitchTrack
+    speech: np.ndarray
+    seconds: float
 
 
 @dataclass
@@ -48,11 +58,15 @@ class PitchGender:
     slope = 0.08  # in log-Hz: 140 Hz -> P(female) 0.16, 200 Hz -> 0.94
     full_confidence_frames = 50  # 0.5 s of voiced frames
 
-    def predict(self, clips: Sequence[np.ndarray]) -> list[GenderResult]:
+    def predict(self, clips: Sequence[np.ndarray | PitchUpdate]) -> list[GenderResult]:
         return [self.predict_one(clip) for clip in clips]
 
-    def predict_one(self, clip: np.ndarray) -> GenderResult:
-        f0, aperiodicity = yin(clip, SAMPLE_RATE)
+    def predict_one(self, clip: np.ndarray | PitchUpdate) -> GenderResult:
+        if isinstance(clip, PitchUpdate):
+            clip.track.push(clip.speech)
+            f0, aperiodicity = clip.track.window(clip.seconds)
+        else:
+            f0, aperiodicity = yin(clip, SAMPLE_RATE)
         voiced = f0[(f0 > 0) & (aperiodicity < 0.2)]
         if len(voiced) == 0:
             return GenderResult("female", 0.5, {"f0_hz": None, "voiced_frames": 0})
@@ -155,25 +169,33 @@ class GenderPipeline(Pipeline):
         hop = int(HOP * SAMPLE_RATE)
         speech: deque[np.ndarray] = deque()  # circular buffer of recent speech chunks
         speech_samples = 0
-        fresh_speech = 0  # speech samples since the last result
+        fresh: list[np.ndarray] = []  # speech chunks since the last result
+        track = PitchTrack(SAMPLE_RATE, max_seconds=10) if models.backend == "pitch" else None
         last_result = 0.0
         async for _, chunk in audio.chunks(hop, audio.start):  # what came while models loaded too
             probs = await vad.feed(chunk)
+            window = int(self.options["window"] * SAMPLE_RATE)
             if len(probs) and probs.max() >= self.options["vad_threshold"]:
                 speech.append(chunk)
                 speech_samples += len(chunk)
-                fresh_speech += len(chunk)
-                window = int(self.options["window"] * SAMPLE_RATE)
+                fresh.append(chunk)
                 while speech_samples - len(speech[0]) >= window:
                     speech_samples -= len(speech.popleft())
+                if len(fresh) * hop > window + hop:
+                    fresh.pop(0)  # older than the window: never classified
             now = time.monotonic()
             if (speech_samples >= self.options["min_speech"] * SAMPLE_RATE
-                    and fresh_speech >= 0.25 * SAMPLE_RATE
+                    and len(fresh) * hop >= 0.25 * SAMPLE_RATE
                     and now - last_result >= self.options["interval"]):
-                last_result, fresh_speech = now, 0
-                await self._classify(models, np.concatenate(speech))
+                last_result = now
+                if track is not None:
+                    clip = PitchUpdate(track, np.concatenate(fresh), speech_samples / SAMPLE_RATE)
+                else:
+                    clip = np.concatenate(speech)
+                fresh = []
+                await self._classify(models, clip, speech_samples / SAMPLE_RATE)
 
-    async def _classify(self, models: GenderModels, clip: np.ndarray) -> None:
+    async def _classify(self, models: GenderModels, clip: np.ndarray | PitchUpdate, seconds: float) -> None:
         t0 = time.perf_counter()
         try:
             result: GenderResult = await models.classifier.predict(clip)
@@ -183,6 +205,6 @@ class GenderPipeline(Pipeline):
         latency = time.perf_counter() - t0
         self.context.observe_inference(self.name, models.backend, latency)
         self.context.emit("gender", label=result.label, score=round(result.score, 3),
-                          backend=models.backend, speech_seconds=round(len(clip) / SAMPLE_RATE, 2),
+                          backend=models.backend, speech_seconds=round(seconds, 2),
                           latency_ms=round(latency * 1000, 1), **result.detail)
         self.context.show(self.name, Badge(result.label, result.score, title="voice"))
