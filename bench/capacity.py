@@ -248,6 +248,7 @@ async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], on
     log_path = RESULTS / f"capacity-{kind}.log"
     if kind == "ours":
         server = ServerProcess.script(kind, log_path, "--max-sessions", "256", "--pipelines", "gender",
+                                      "--load-threshold", "0",  # no shedding: this measures where real time ends
                                       log_level=args.server_log_level)
     else:
         server = ServerProcess.script(kind, log_path, "--transform", "none", script=ROOT / "bench" / "echo_server.py",
@@ -307,7 +308,8 @@ async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], on
                 print(f"  {n:>3} sessions: cpu {step['cpu_pct']:5.1f}% ({step['cpu_pct_per_session']:.1f}/session) "
                       f"fps {step['fps_mean']:.1f}/{step['fps_min']:.1f} {step['video_kbps_per_session']} kbps lag p99 {step['lag_p99_ms']} ms "
                       f"onset->gender {max((o for o in onsets if o is not None), default=None)} "
-                      f"client cpu {step['client_cpu_pct']}% {'held' if held else 'NOT held'}", flush=True)
+                      f"client cpu {step['client_cpu_pct']}% {'held' if held else 'NOT held'} "
+                      f"{'; '.join(step['connect_errors'])}", flush=True)
                 if not held:
                     break
         finally:
