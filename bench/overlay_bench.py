@@ -130,6 +130,32 @@ def main() -> None:
             fading = timed(lambda: overlay.draw(frame.copy(), held, now + FADE / 2), args.repeat)
             copy = timed(lambda: frame.copy(), args.repeat)
             print(f"| {width}x{height} | {name} | {first:.2f} | {steady:.3f} | {fading:.3f} | {copy:.3f} |")
+    returned_frame(args.repeat, now)
+
+
+def returned_frame(repeat: int, now: float) -> None:
+    """A returned frame from the camera's decoded picture to the encoder's input (yuv420p), the
+    gender badge shown: drawn in BGR (two colour conversions) against drawn on the I420 picture."""
+    import av
+
+    print()
+    print("| frame | via BGR ms | on the I420 picture ms | ratio |")
+    print("|---|---|---|---|")
+    items = scenes(now)["gender"]
+    for width, height in SIZES:
+        decoded = av.VideoFrame.from_ndarray(camera(width, height), format="bgr24").reformat(format="yuv420p")
+        overlay = Overlay()
+
+        def via_bgr():
+            image = overlay.draw(decoded.to_ndarray(format="bgr24").copy(), items, now)
+            av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
+
+        def on_i420():
+            image = overlay.draw(decoded.to_ndarray(format="yuv420p").copy(), items, now, i420=True)
+            av.VideoFrame.from_ndarray(image, format="yuv420p")
+
+        bgr, i420 = timed(via_bgr, repeat), timed(on_i420, repeat)
+        print(f"| {width}x{height} | {bgr:.3f} | {i420:.3f} | {i420 / bgr:.2f} |")
 
 
 if __name__ == "__main__":
