@@ -14,13 +14,16 @@ participant receives
 * every other participant's shareable pipeline events, tagged ``participant``: gender,
   transcript and translation always; emotion, comment and talking_head when that participant
   lists the pipeline in ``share``.
-* the translated speech of the others, in its own returned audio track: a speaker's
-  translation into language X is played to every listener who hears X (``hear``, by default
-  the language the listener speaks: their ``translation.source``). Under translated speech the
-  speaker's original voice on its slot plays at ``original_volume`` (0: muted).
+* the translated speech of the others, in its own returned audio track, in the language it
+  hears (``hear``, by default the language the listener speaks: their ``translation.source``).
+  A speaker's utterance is recognised once, by its own translation pipeline, which also
+  translates it into its ``target``; the room translates and speaks its transcript into each
+  other language heard in the room (once per language, however many hear it). Under translated
+  speech the speaker's original voice on its slot plays at ``original_volume`` (0: muted).
 
 * a talking head in place of the camera of a participant who sends none (``avatar``; server/standin.py):
-  their portrait (``portrait``) speaking what each listener hears from them.
+  their portrait (``portrait``) speaking what each listener hears from them, rendered only while
+  a slot shows it.
 
 ``participant_joined`` / ``participant_left`` (participant id, display name, languages) come on
 the data channel. A participant whose connection is lost (closed, failed, or silent for
@@ -41,8 +44,10 @@ from aiortc import sdp
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import or_direction
+import numpy as np
 from av import AudioFrame, VideoFrame
 
+from pipelines.translation.languages import available_pairs
 from server.standin import StandIn
 
 log = logging.getLogger(__name__)
@@ -156,6 +161,7 @@ class Participant:
     sources: dict[str, MediaStreamTrack] = field(default_factory=dict)  # its inbound tracks by kind
     slots: dict[str, list[Slot]] = field(default_factory=dict)  # its current connection's receive slots
     speech: asyncio.Task | None = None
+    translating: asyncio.Task | None = None  # its speech into the other languages heard in the room
     standin: StandIn | None = None  # its talking head, shown instead of its camera
 
     @property
@@ -218,6 +224,7 @@ class Room:
         session.room = self
         session.taps.append(lambda type, fields: self._forward(participant, type, fields))
         participant.speech = session.spawn(self._forward_speech(participant), "room-speech")
+        participant.translating = session.spawn(self._translate_for_others(participant), "room-translate")
         return participant
 
     def leave(self, session) -> None:
@@ -328,6 +335,7 @@ class Room:
     def refresh(self) -> None:
         """Every slot carries the current track of its participant (or nothing, once it left)."""
         present = {p.id: p for p in self.participants.values() if p.present}
+        watched: dict[str, set[str | None]] = {p: set() for p in self.participants}  # talking heads shown
         for listener in present.values():
             for slots in listener.slots.values():
                 for slot in slots:
@@ -336,15 +344,32 @@ class Room:
                         if slot.owner is not None:
                             slot.feed(None)
                         continue
-                    translated = listener.hear is not None and speaker.translates_to == listener.hear \
-                        and speaker.speaks != listener.hear
+                    language = self.heard_in(speaker, listener)
                     track = speaker.sources.get(slot.kind)
                     if slot.kind == "video" and speaker.standin is not None:
-                        track = speaker.standin.track(translated)
+                        watched[speaker.id].add(language)
+                        track = speaker.standin.track(language)
                     if track is not None and track is not slot.origin and track.readyState == "live":
                         slot.feed(speaker.id, track, self.relay)
                     if slot.kind == "audio":
-                        slot.gain = listener.original_volume if translated else 1.0
+                        slot.gain = listener.original_volume if language is not None else 1.0
+        for speaker in self.participants.values():
+            if speaker.standin is not None:  # nobody sees the others: not rendered
+                speaker.standin.keep(watched[speaker.id])
+
+    def heard_in(self, speaker: Participant, listener: Participant) -> str | None:
+        """The language ``listener`` hears ``speaker`` translated into, or None: the original
+        (no translation wanted, the same language, or no translation serves the pair)."""
+        hear, speaks = listener.hear, speaker.speaks
+        if hear is None or speaks is None or hear == speaks:
+            return None
+        if hear == speaker.translates_to or (speaks, hear) in available_pairs(speaker.session.settings.translation):
+            return hear
+        return None
+
+    def listeners(self, speaker: Participant, language: str | None) -> list[Participant]:
+        """The others who hear ``speaker`` in ``language``."""
+        return [p for p in self.others(speaker) if self.heard_in(speaker, p) == language]
 
     # --- events and translated speech ----------------------------------------------------------
     def _forward(self, speaker: Participant, type: str, fields: dict) -> None:
@@ -354,21 +379,80 @@ class Room:
         if pipeline is None or pipeline not in speaker.share or not speaker.present or "participant" in fields:
             return  # not shared, or itself another participant's event forwarded here
         for listener in self.others(speaker):
+            if type == "translation" and listener.hear not in (None, fields.get("target_lang")):
+                continue  # a translation into another language than it hears
             listener.session.emit(type, participant=speaker.id, **fields)
 
     async def _forward_speech(self, speaker: Participant) -> None:
-        """A speaker's translated speech, played to the listeners who hear its language."""
+        """A speaker's translated speech (into its ``target``), played to the listeners who hear it."""
         queue = speaker.session.subscribe("speech", maxsize=8)
         while True:
             item = await queue.get()
-            language = speaker.translates_to
-            if speaker.standin is not None and any(listener.hear == language for listener in self.others(speaker)):
-                speaker.standin.timeline.push(item["samples"], item["sample_rate"])
-            for listener in self.others(speaker):
-                if listener.hear == language and listener.session.audio_out is not None:
-                    if not listener.session.audio_out.push_audio(item["samples"], item["sample_rate"], "room"):
-                        listener.session.emit_error("translation", "outbound audio queue is full; "
-                                                    f"{speaker.display_name or speaker.id}'s speech dropped")
+            self._play(speaker, speaker.translates_to, item["samples"], item["sample_rate"])
+
+    def _play(self, speaker: Participant, language: str, samples: np.ndarray, rate: int) -> list[Participant]:
+        """``speaker``'s speech in ``language`` to the listeners who hear it (and to the lips of its
+        talking head for them); returns those listeners."""
+        listeners = self.listeners(speaker, language)
+        if speaker.standin is not None and listeners:
+            speaker.standin.speak(language, samples, rate)
+        for listener in listeners:
+            if listener.session.audio_out is not None and \
+                    not listener.session.audio_out.push_audio(samples, rate, "room"):
+                listener.session.emit_error("translation", "outbound audio queue is full; "
+                                            f"{speaker.display_name or speaker.id}'s speech dropped")
+        return listeners
+
+    def _other_languages(self, speaker: Participant) -> set[str]:
+        """The languages heard in the room that ``speaker``'s own pipeline does not translate into."""
+        return {self.heard_in(speaker, p) for p in self.others(speaker)} - {None, speaker.translates_to}
+
+    async def _translate_for_others(self, speaker: Participant) -> None:
+        """Each final transcript of ``speaker`` (recognised once, by its translation pipeline),
+        translated and spoken into every other language heard in the room: once per language."""
+        queue = speaker.session.subscribe("transcript", maxsize=8)
+        models = None
+        while True:
+            item = await queue.get()
+            languages = self._other_languages(speaker)
+            if not languages or "audio" not in item:
+                continue
+            if models is None:
+                from pipelines.translation.pipeline import TranslationPipeline  # the models are its
+                models = await speaker.session.models.shared(TranslationPipeline)
+            await asyncio.gather(*(self._translate_into(speaker, models, item, language)
+                                   for language in sorted(languages)))
+
+    async def _translate_into(self, speaker: Participant, models, item: dict, language: str) -> None:
+        source, timings = item["language"], {}
+
+        async def timed(stage, call):
+            t0 = time.perf_counter()
+            result = await call
+            timings[stage] = round((time.perf_counter() - t0) * 1000, 1)
+            speaker.session.observe_inference("translation", stage, time.perf_counter() - t0)
+            return result
+        try:
+            if await asyncio.to_thread(models.translates_text, source, language):
+                text = await timed("mt", models.translate(item["text"], source, language))
+            else:  # Whisper's translate task, from the audio itself (into English)
+                text = (await timed("mt", models.recognize(source, item["audio"], "translate"))).text
+            if not text:
+                return
+            samples, rate = await timed("tts", models.synthesize(text, language))
+        except Exception as exc:  # one bad utterance must not end the room's translation
+            log.exception("room translation into %s failed", language)
+            for listener in self.listeners(speaker, language):
+                listener.session.emit_error("translation", f"{speaker.display_name or speaker.id}'s speech "
+                                            f"into {language}: {type(exc).__name__}: {exc}")
+            return
+        listeners = self._play(speaker, language, samples, rate)
+        latency = round((time.monotonic() - item["speech_end_time"]) * 1000, 1)
+        for listener in listeners:
+            listener.session.emit("translation", participant=speaker.id, source_text=item["text"], text=text,
+                                  source_lang=source, target_lang=language, final=True,
+                                  utterance=item["utterance"], timings_ms=timings,
+                                  audio_seconds=round(len(samples) / rate, 3), latency_ms=latency)
 
 
 class RoomRegistry:

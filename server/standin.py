@@ -3,15 +3,17 @@
 The others see the participant's portrait (``portrait``, an id from ``POST /api/portraits``)
 speaking, on the video slot that would carry their camera. It is the talking_head pipeline's
 ``Avatar`` (the same rig, renderer and, with ``--device cuda``, the same ``BatchTicker``) behind a
-``SynthVideoTrack`` at the server's frame rate, relayed to every listener like a camera. Two
-avatars at most per participant, rendered once each whoever watches:
+``SynthVideoTrack`` at the server's frame rate, relayed to every listener like a camera. One
+avatar per language the participant is heard in, rendered once each whoever watches, and only
+while some listener's slot shows it (``Room.refresh`` calls ``keep``; a track nobody shows is
+stopped, and made again when someone does):
 
-* ``voice``: lips driven by the participant's own voice (the newest 40 ms of their microphone),
-  for listeners who hear them untranslated;
-* ``translated``: lips driven by their translated speech, for listeners who hear it
-  (``Room`` routes it). A ``SpeechTimeline`` plays each translated utterance on the server's
-  clock as it is routed (after the one before), as the listener's audio track does when
-  nothing else is queued on it; the lips read 40 ms around *now* of it.
+* ``None``, the voice: lips driven by the participant's own voice (the newest 40 ms of their
+  microphone), for listeners who hear them untranslated;
+* a language: lips driven by their speech translated into it, for listeners who hear that
+  language (``Room`` routes it, ``speak``). A ``SpeechTimeline`` plays each translated utterance
+  on the server's clock as it is routed (after the one before), as the listener's audio track
+  does when nothing else is queued on it; the lips read 40 ms around *now* of it.
 """
 from __future__ import annotations
 
@@ -79,14 +81,15 @@ class SpeechTimeline:
 
 
 class StandIn:
-    """The talking heads of one participant: ``track(translated)`` is the video track to relay."""
+    """The talking heads of one participant: ``track(language)`` is the video track to relay."""
 
     def __init__(self, session, portrait_id: str = DEFAULT_ID):
         self.session = session
         self.portrait_id = portrait_id
-        self.timeline = SpeechTimeline()
-        self.tracks: dict[bool, SynthVideoTrack] = {}  # translated? -> track, once ready
-        self._avatars: list[Avatar] = []
+        self.timelines: dict[str, SpeechTimeline] = {}  # language -> its translated speech
+        self.tracks: dict[str | None, SynthVideoTrack] = {}  # language (None: the voice) -> track, while shown
+        self._avatars: dict[str | None, Avatar] = {}
+        self._rig = None
         self._ticker = None
         self.closed = False
 
@@ -94,7 +97,7 @@ class StandIn:
         return self.session.audio.latest(int(MIC_WINDOW * SAMPLE_RATE)), SAMPLE_RATE
 
     async def start(self) -> None:
-        """Load the portrait (a worker thread) and make both tracks."""
+        """Load the portrait and its rig (worker threads); tracks are made when asked for."""
         shared = await self.session.models.shared(TalkingHeadPipeline)
         portrait = await asyncio.to_thread(shared.portraits.get, self.portrait_id)
         if portrait is None:
@@ -103,26 +106,42 @@ class StandIn:
         rig = await asyncio.to_thread(shared.rig, portrait)
         if self.closed:
             return
-        self._ticker = shared.ticker
-        for translated, window in ((False, self._voice), (True, self.timeline.window)):
-            avatar = Avatar(rig, window)
+        self._ticker, self._rig = shared.ticker, rig
+        self.portrait_id = portrait.id
+
+    def track(self, language: str | None) -> SynthVideoTrack | None:
+        """The talking head for the listeners who hear ``language`` (None: the untranslated voice),
+        made if it is not rendering yet; None until the portrait is loaded."""
+        if self._rig is None or self.closed:
+            return None
+        track = self.tracks.get(language)
+        if track is None:
+            window = self._voice if language is None else \
+                self.timelines.setdefault(language, SpeechTimeline()).window
+            avatar = Avatar(self._rig, window)
             track = SynthVideoTrack(LatestFrame(), lambda: [], fps=self.session.settings.video_fps)
             if self._ticker is not None:
                 self._ticker.add(avatar)
                 track.source = avatar.batched_frame
             else:
                 track.source = avatar.render
-            self._avatars.append(avatar)
-            self.tracks[translated] = track
-        self.portrait_id = portrait.id
+            self._avatars[language], self.tracks[language] = avatar, track
+        return track
 
-    def track(self, translated: bool) -> SynthVideoTrack | None:
-        return self.tracks.get(translated)
+    def keep(self, languages: set[str | None]) -> None:
+        """Stop rendering the talking heads of the other languages (nobody is shown them)."""
+        for language in [lang for lang in self.tracks if lang not in languages]:
+            self.tracks.pop(language).stop()
+            avatar = self._avatars.pop(language)
+            if self._ticker is not None:
+                self._ticker.remove(avatar)
+            self.timelines.pop(language, None)
+
+    def speak(self, language: str, samples: np.ndarray, rate: int) -> None:
+        """Translated speech into ``language`` starts playing to its listeners now (after what plays)."""
+        if language in self.tracks:
+            self.timelines[language].push(samples, rate)
 
     def close(self) -> None:
         self.closed = True
-        for track in self.tracks.values():
-            track.stop()
-        if self._ticker is not None:
-            for avatar in self._avatars:
-                self._ticker.remove(avatar)
+        self.keep(set())

@@ -14,7 +14,7 @@ from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
 from media.audio import to_pcm16
 from server.auth import AuthError, mint_token, verify_token
 from testing.images import dark_pixels, mouth_area, portrait_rig
-from testing.media import espeak, load_audio, vowel
+from testing.media import espeak, frame_level, load_audio, vowel
 from testing.server import in_process
 from testing.translation import EN_TEXT, words
 from tests.test_resume import offer_sdp
@@ -156,6 +156,50 @@ async def test_a_room_translates_each_speaker_for_the_other(media_server):
         await listener.close()
 
 
+async def test_each_listener_hears_the_speaker_in_its_own_language(media_server):
+    """A Spanish speaker (its own translation: into English), an English and a French listener (no
+    pipelines of their own): the speech is recognised once, by the speaker's pipeline; each
+    listener reads the translation into its language, tagged with the speaker and the language,
+    and hears it on its own audio track. When the French listener leaves, French is no longer made."""
+    speech = np.concatenate([np.zeros(8000, np.float32), load_audio(espeak("es", ES_TEXT)),
+                             np.zeros(16000, np.float32)])
+    eve = room_client(media_server.url, "three", "Eve", [], hear="en")
+    fay = room_client(media_server.url, "three", "Fay", [], hear="fr")
+    bea = room_client(media_server.url, "three", "Bea", ["translation"],
+                      {"translation": {"source": "es", "target": "en"}}, slots=2)
+    for listener in (eve, fay):
+        listener.keep_frames = 1500
+        await listener.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True))
+        await listener.next_event("room")
+    await bea.connect(ArrayAudioTrack(speech, 16000))
+    try:
+        room = media_server.server.rooms.rooms["three"]
+        speaker = room.participants[bea.session_id]
+        await wait_until(lambda: len(room.others(speaker)) == 2, 30, "everyone to be present")
+        assert room._other_languages(speaker) == {"fr"}  # English is her own pipeline's target
+        texts = {}
+        for listener, language in ((eve, "en"), (fay, "fr")):
+            events = []
+            while not any("restaurant" in e["text"].lower() for e in events):
+                event = await next_from(listener, bea.session_id, "translation")
+                assert event["target_lang"] == language and event["source_lang"] == "es" and event["text"]
+                events.append(event)
+            texts[language] = " ".join(e["text"] for e in events)
+            session = media_server.server.sessions[listener.session_id]
+            await asyncio.sleep(session.audio_out.queued_seconds + 0.5)
+            own_audio_mid = next(t.mid for t in listener.pc.getTransceivers() if t.kind == "audio")
+            loud = sum(frame_level(frame) > 0.01 for _, frame in listener.by_mid[own_audio_mid])
+            assert loud * 0.02 > 0.3 * sum(e["audio_seconds"] for e in events), f"no {language} speech arrived"
+        assert texts["en"] != texts["fr"], texts
+        await fay.close()
+        await wait_until(lambda: len(room.others(speaker)) == 1, 10, "Fay to leave")
+        assert room._other_languages(speaker) == set()
+    finally:
+        await fay.close()
+        await eve.close()
+        await bea.close()
+
+
 async def test_room_names_tokens_and_bad_fields(settings):
     """``POST /rooms`` names are unguessable; a token bound to a room joins that room only; bad
     participant fields answer 400 and leave no room behind."""
@@ -221,13 +265,18 @@ def test_events_are_shared_by_choice():
 
 async def test_a_participant_without_camera_is_shown_as_a_talking_head(media_server):
     """Alice sends audio only: Bob receives, on her video slot, her portrait whose mouth opens
-    while she speaks and shuts in her silences."""
+    while she speaks and shuts in her silences. It is rendered only while Bob's slot shows it."""
     rig = portrait_rig()
     clip = np.concatenate([np.zeros(24000, np.float32), vowel(1.0), np.zeros(24000, np.float32)])
     alice = room_client(media_server.url, "heads", "Alice", [])
     bob = room_client(media_server.url, "heads", "Bob", [])
     bob.keep_frames = 200
     await alice.connect(ArrayAudioTrack(clip, 16000, loop=True))
+    room = media_server.server.rooms.rooms["heads"]
+    standin = room.participants[alice.session_id].standin
+    await wait_until(lambda: standin._rig is not None, 30, "Alice's portrait to load")
+    await asyncio.sleep(0.5)
+    assert not standin.tracks  # alone in the room: nobody sees her, nothing is rendered
     await bob.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True), PatternVideoTrack())
     try:
         seen = await bob.next_event("participant_joined")
@@ -235,9 +284,16 @@ async def test_a_participant_without_camera_is_shown_as_a_talking_head(media_ser
         assert (await alice.next_event("participant_joined"))["avatar"] is False  # Bob sends his camera
         mid = seen["slots"]["video"]
         await wait_until(lambda: bob.counts_by_mid.get(mid, 0) >= 100, 30, "Alice's talking head on Bob's slot")
+        rendering = standin.tracks[None]  # her voice's head: Bob hears her untranslated
     finally:
         await bob.close()
-        await alice.close()
+    await alice.next_event("participant_left", timeout=10)
+    assert not standin.tracks and rendering.readyState == "ended"
+    await asyncio.sleep(0.2)  # (a frame being drawn when it stopped)
+    rendered = rendering.sent
+    await asyncio.sleep(0.5)
+    assert rendering.sent == rendered
+    await alice.close()
     frames = [f.to_ndarray(format="bgr24") for _, f in bob.by_mid[mid]]
     assert frames[-1].shape == (512, 512, 3)
     darks = [dark_pixels(f, rig) for f in frames]

@@ -312,7 +312,10 @@ class TranslationPipeline(Pipeline):
                           audio_end_s=self._audio_end(job),
                           timings_ms=timings, **extra)
         if final:
-            self.context.publish("transcript", {"text": text, "language": language, "final": True})
+            # (the utterance's audio and end of speech: server/rooms.py translates it for listeners of other languages)
+            self.context.publish("transcript", {"text": text, "language": language, "final": True,
+                                                "utterance": job.utterance.number, "audio": job.audio,
+                                                "speech_end_time": job.utterance.speech_end_time})
 
     def _emit_translation(self, job: Job, source_text: str, text: str, final: bool, timings: dict,
                           **extra) -> None:
