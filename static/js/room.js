@@ -88,15 +88,21 @@ export function handleRoomEvent(msg) {
       video.autoplay = true;
       video.playsInline = true;
       const name = document.createElement('figcaption');
+      const label = document.createElement('span');
+      label.className = 'avatar-label';
+      label.textContent = 'talking head';
+      label.title = 'No camera: the server shows their portrait speaking';
       const caption = document.createElement('div');
       caption.className = 'caption';
-      figure.append(video, name, caption);
+      figure.append(video, name, label, caption);
       $('room-tiles').append(figure);
-      tile = {figure, video, name, caption};
+      tile = {figure, video, name, label, caption};
       tiles.set(msg.participant, tile);
     }
     const langs = msg.languages || {};
     tile.name.textContent = `${msg.display_name || 'guest'}${langs.speaks ? ` (${langs.speaks})` : ''}`;
+    tile.figure.dataset.avatar = String(Boolean(msg.avatar)); // its video is a stand-in talking head
+    tile.label.hidden = !msg.avatar;
     tile.mids = msg.slots || null;
     attach(tile);
     log('info', `${msg.display_name || msg.participant} joined`, msg.t);
