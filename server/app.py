@@ -261,6 +261,7 @@ class MediaServer:
             "sessions_by_transport": {t: sum(s.transport == t for s in self.sessions.values())
                                       for t in ("webrtc", "websocket")},
             "max_sessions": self.settings.max_sessions,
+            **self.rooms.counts(),  # rooms, room_participants (server/rooms.py)
             "uptime": round(time.monotonic() - self.started, 1),
             "device": self.settings.device,
             "pipelines": {name: {"description": cls.description, "defaults": cls.defaults}

@@ -476,6 +476,11 @@ class RoomRegistry:
             room = self.rooms[name] = Room(name, self.settings.room_size, self._empty)
         return room.join(session, options)
 
+    def counts(self) -> dict[str, int]:
+        """For ``/health``: rooms open now, and the participants in them."""
+        return {"rooms": len(self.rooms),
+                "room_participants": sum(len(room.participants) for room in self.rooms.values())}
+
     def _empty(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]

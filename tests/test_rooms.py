@@ -15,6 +15,7 @@ from media.audio import to_pcm16
 from server.auth import AuthError, mint_token, verify_token
 from testing.images import dark_pixels, mouth_area, portrait_rig
 from testing.media import espeak, frame_level, load_audio, vowel
+from testing.net import http_get
 from testing.server import in_process
 from testing.translation import EN_TEXT, words
 from tests.test_resume import offer_sdp
@@ -58,6 +59,8 @@ async def test_two_participants_see_each_other_and_the_room_limit(media_server, 
     await bob.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True), PatternVideoTrack())
     try:
         room = server.rooms.rooms["r1"]
+        health = await http_get(media_server.url + "/health")
+        assert health["rooms"] == 1 and health["room_participants"] == 2
         assert (await alice.next_event("room"))["participant"] == alice.session_id
         joined = await alice.next_event("participant_joined")
         assert joined["participant"] == bob.session_id and joined["display_name"] == "Bob"
@@ -87,6 +90,8 @@ async def test_two_participants_see_each_other_and_the_room_limit(media_server, 
         await alice.close()
     await wait_until(lambda: not server.sessions, 10, "the sessions to close")
     assert not server.rooms.rooms  # the room vanished with its last participant
+    health = await http_get(media_server.url + "/health")
+    assert health["rooms"] == 0 and health["room_participants"] == 0
     for task in asyncio.all_tasks():
         assert "room-speech" not in task.get_name()
 
