@@ -105,18 +105,24 @@ class Slot(MediaStreamTrack):
         super().stop()
 
     async def recv(self):
+        # asyncio.timeout, not asyncio.wait_for: on Python 3.11, wait_for loses a cancel that comes
+        # as the awaited frame arrives (CPython gh-86296), and aiortc stops a sender by cancelling
+        # the task that reads this: it went on reading, and the peer connection's close waited on
+        # it forever (a room teardown hung past 300 s).
         while self.readyState == "live":
             source = self.source
             if source is None:
                 self._changed.clear()
                 try:
-                    await asyncio.wait_for(self._changed.wait(), 0.5)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(0.5):
+                        await self._changed.wait()
+                except TimeoutError:
                     pass
                 continue
             try:  # bounded, so that a swapped or silent source is noticed
-                frame = await asyncio.wait_for(source.recv(), 0.5)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(0.5):
+                    frame = await source.recv()
+            except TimeoutError:
                 continue
             except MediaStreamError:
                 if self.source is source:

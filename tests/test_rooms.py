@@ -319,3 +319,89 @@ def test_translated_speech_drives_the_stand_in():
         now[0] = t
         samples, rate = timeline.window()
         assert (mouth_shape(samples, rate).open > 0.5) == speaking, t
+
+
+class QueueTrack:
+    """A relayed track stand-in: its frames are what the test puts in its queue."""
+
+    kind = "audio"
+
+    def __init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    async def recv(self):
+        return await self.queue.get()
+
+    def stop(self):
+        pass
+
+
+async def test_a_slot_reader_cancelled_as_its_frame_arrives_is_cancelled():
+    """The room teardown hang: aiortc stops a sender by cancelling its task, which reads the slot.
+    Cancelled in the instant its relayed frame arrived, the read must end cancelled: a read that
+    returned the frame instead (Python 3.11's asyncio.wait_for loses a cancel that races with the
+    awaited result, CPython gh-86296) left the sender reading forever and its peer connection's
+    close waiting on it (the room then never stopped the slot: it does so after the close)."""
+    from av import AudioFrame
+
+    from server.rooms import Slot
+
+    class Relay:
+        @staticmethod
+        def subscribe(track, buffered):
+            return track
+
+    source = QueueTrack()
+    slot = Slot("audio", "1")
+    slot.feed("someone", source, Relay)
+    frame = AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+    frame.sample_rate = 48000
+    for _ in range(3):
+        reader = asyncio.ensure_future(slot.recv())
+        await asyncio.sleep(0.01)  # waiting on the frame
+        source.queue.put_nowait(frame)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        source.queue = asyncio.Queue()
+    slot.feed(None)  # (no source: waiting for one, cancelled as it comes)
+    reader = asyncio.ensure_future(slot.recv())
+    await asyncio.sleep(0.01)
+    slot.feed("someone", source, Relay)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    slot.stop()
+
+
+async def test_a_participant_closes_while_a_sender_ignores_its_cancel(media_server, monkeypatch):
+    """However a sender's reading task takes its cancel, a participant's close does not wait on it:
+    the room ends the participant's receive slots before its peer connection closes, and a slot
+    that has ended ends its reader (before, the slots were stopped after the close, which waited
+    for such a sender until the 10 s bound)."""
+    from server.rooms import Slot
+
+    recv = Slot.recv
+
+    async def stubborn(self):  # a reader that takes no cancel while its track is live
+        while True:
+            try:
+                return await recv(self)
+            except asyncio.CancelledError:
+                if self.readyState != "live":
+                    raise
+    monkeypatch.setattr(Slot, "recv", stubborn)
+    alice = room_client(media_server.url, "stubborn", "Alice", [])
+    bob = room_client(media_server.url, "stubborn", "Bob", [])
+    await alice.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True), PatternVideoTrack())
+    await bob.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True), PatternVideoTrack())
+    try:
+        mid = (await bob.next_event("participant_joined"))["slots"]["video"]
+        await wait_until(lambda: bob.counts_by_mid.get(mid, 0) >= 5, 30, "Alice's video on Bob's slot")
+        session = media_server.server.sessions[bob.session_id]
+        started = time.monotonic()
+        await session.close()
+        assert time.monotonic() - started < 5
+    finally:
+        await bob.close()
+        await alice.close()

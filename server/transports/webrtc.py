@@ -321,8 +321,11 @@ class WebRTCSession(Session):
         self.audio_out.stop()
         self.video_out.stop()
         self.peer.lost = True
+        if self.room is not None:  # its receive slots end first: no sender of this connection waits on
+            self.room.leave(self)  # a relayed frame while the close below waits for the senders
         # Bounded: aiortc's close waits for its senders, and a sender stuck on a relayed track's
-        # frame (seen in a room's teardown) would hold the session, and shutdown, forever.
+        # frame (seen in a room's teardown) would hold the session, and shutdown, forever. (That one's
+        # cause, a sender task's cancel lost in the room's Slot.recv, is fixed there: docs/rooms.md.)
         closing = [asyncio.ensure_future(self.peer.pc.close()), *self._peer_closes]
         if (await asyncio.wait(closing, timeout=CLOSE_SECONDS))[1]:
             log.warning("session %s: peer connection not closed after %.0f s; left behind", self.id, CLOSE_SECONDS)
