@@ -12,6 +12,13 @@ at once:
 
     python -m bench.rooms_bench --rooms 1,3
 
+With ``--speak es --third fr``, rooms of three: a Spanish speaker (its own translation: into
+English), an English listener as above, and a third participant with no pipeline who hears French:
+the room translates and speaks the speaker's transcript into French (server/rooms.py), measured
+the same way on the third participant's own audio:
+
+    python -m bench.rooms_bench --rooms 1 --speak es --third fr
+
 Figures on a loaded machine are noisy; compare the rows of one run."""
 from __future__ import annotations
 
@@ -64,28 +71,41 @@ def burst_latencies(client: StreamClient, sent: list[float]) -> list[float]:
     return [start - end for start, end in zip(bursts, sent)]
 
 
-async def run_rooms(url: str, rooms: int, clips: list[np.ndarray]) -> dict:
-    pairs = []
+async def run_rooms(url: str, rooms: int, clips: list[np.ndarray], speak: str = "en",
+                    third: str | None = None) -> dict:
+    pairs, thirds = [], []
+    hear = "es" if speak == "en" else "en"
+    slots = 1 if third is None else 2  # receive slots: one per other participant
     for i in range(rooms):
         room = f"bench-{rooms}-{i}-{time.monotonic_ns()}"
-        listener = StreamClient(url, ["translation"], {"translation": {"source": "es", "target": "en"}},
-                                receive_slots=1)
+        listener = StreamClient(url, ["translation"], {"translation": {"source": hear, "target": speak}},
+                                receive_slots=slots)
         listener.body = {"room": room, "display_name": "listener"}
         await listener.connect(ArrayAudioTrack(np.zeros(RATE, np.float32), RATE, loop=True))
-        speaker = StreamClient(url, ["translation"], {"translation": {"source": "en", "target": "es"}},
-                               receive_slots=1)
+        if third is not None:  # no pipeline: hears the others in its language
+            other = StreamClient(url, [], receive_slots=slots)
+            other.body = {"room": room, "display_name": "third", "hear": third}
+            other.keep_frames = 100_000
+            await other.connect(ArrayAudioTrack(np.zeros(RATE, np.float32), RATE, loop=True))
+            thirds.append(other)
+        speaker = StreamClient(url, ["translation"], {"translation": {"source": speak, "target": hear}},
+                               receive_slots=slots)
         speaker.body = {"room": room, "display_name": "speaker"}
         listener.keep_frames = speaker.keep_frames = 100_000
         pairs.append((speaker, listener, SentenceTrack(clips)))
     await asyncio.gather(*(s.connect(track) for s, _, track in pairs))
     await asyncio.sleep(pairs[0][2].seconds + 25)  # the last sentence's translation arrives
-    result = {"listener": [], "speaker": [], "captions": 0}
+    result = {"listener": [], "speaker": [], "captions": 0, "third": [], "third_captions": 0}
+    for other, (_, _, track) in zip(thirds, pairs):
+        result["third_captions"] += sum(e["type"] == "translation" and e.get("final") and "participant" in e
+                                        for e in harness.drain(other))
+        result["third"] += burst_latencies(other, track.sent)
     for speaker, listener, track in pairs:
         result["captions"] += sum(e["type"] == "translation" and e.get("final") and "participant" in e
                                   for e in harness.drain(listener))
         result["listener"] += burst_latencies(listener, track.sent)
         result["speaker"] += burst_latencies(speaker, track.sent)  # its own translation, as a lone session hears it
-    await asyncio.gather(*(c.close() for pair in pairs for c in pair[:2]))
+    await asyncio.gather(*(c.close() for pair in pairs for c in pair[:2]), *(c.close() for c in thirds))
     return result
 
 
@@ -93,29 +113,42 @@ async def main() -> None:
     parser = harness.parser(__doc__)
     parser.add_argument("--rooms", default="1,3", help="rooms of two at once, comma-separated levels")
     parser.add_argument("--sentences", type=int, default=3, help="sentences each speaker says")
+    parser.add_argument("--speak", choices=("en", "es"), default="en",
+                        help="the speaker's language (the listener hears the other of the two)")
+    parser.add_argument("--third", default=None,
+                        help="a third participant per room hearing this language (e.g. fr with --speak es)")
     args = parser.parse_args()
     harness.loopback_only()
-    clips = [load_audio(espeak("en-us", english), rate=RATE) for english, _ in SENTENCES[:args.sentences]]
+    clips = [load_audio(espeak("en-us", english) if args.speak == "en" else espeak("es", spanish), rate=RATE)
+             for english, spanish in SENTENCES[:args.sentences]]
     rows = []
     assert len(clips) <= len(SENTENCES)
     server = ServerProcess.script("rooms-bench", harness.ROOT / "bench" / "logs" / "rooms_bench.log",
-                                  "--preload", "translation", "--room-size", "2", "--max-sessions", "16",
+                                  "--preload", "translation", "--room-size", "3" if args.third else "2",
+                                  "--max-sessions", "16",
                                   "--max-sessions-per-address", "0", "--offer-burst", "20")
     async with server:
         while not (await http_get(f"{server.url}/health"))["ready"]:  # the models are loaded
             await asyncio.sleep(1)
-        await run_rooms(server.url, 1, clips[:1])  # warm-up: first inferences, first connections
+        await run_rooms(server.url, 1, clips[:1], args.speak, args.third)  # warm-up: first inferences, connections
         for rooms in harness.int_list(args.rooms):
-            result = await run_rooms(server.url, rooms, clips)
+            result = await run_rooms(server.url, rooms, clips, args.speak, args.third)
             ms = [round(x * 1000) for x in result["listener"]]
             own = [round(x * 1000) for x in result["speaker"]]
             pct = lambda values, q: f"{harness.pct(values, q):.0f}" if values else "-"  # noqa: E731
+            third = [round(x * 1000) for x in result["third"]]
             rows.append([str(rooms), str(rooms * len(clips)), str(result["captions"]), str(len(ms)),
-                         pct(ms, 50), pct(ms, 95), pct(own, 50), pct(own, 95)])
-    print(f"rooms bench, commit {harness.git_commit()}\n")
+                         pct(ms, 50), pct(ms, 95), pct(own, 50), pct(own, 95)]
+                        + ([str(result["third_captions"]), str(len(third)), pct(third, 50), pct(third, 95)]
+                           if args.third else []))
+    print(f"rooms bench, commit {harness.git_commit()}, speaker speaks {args.speak}"
+          + (f", third participant hears {args.third}" if args.third else "") + "\n")
     print("end of sentence -> its translated speech heard, ms")
-    print(harness.markdown_table(["rooms of two", "sentences", "captions at the listener", "heard by the listener",
-                                  "listener p50", "listener p95", "speaker itself p50", "speaker itself p95"], rows))
+    print(harness.markdown_table([f"rooms of {3 if args.third else 2}", "sentences", "captions at the listener",
+                                  "heard by the listener", "listener p50", "listener p95", "speaker itself p50",
+                                  "speaker itself p95"]
+                                 + ([f"captions at the third ({args.third})", "heard by the third",
+                                     "third p50", "third p95"] if args.third else []), rows))
 
 
 if __name__ == "__main__":
