@@ -40,11 +40,11 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiortc import sdp
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import or_direction
-import numpy as np
 from av import AudioFrame, VideoFrame
 
 from pipelines.translation.languages import available_pairs
