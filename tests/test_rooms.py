@@ -400,7 +400,7 @@ async def test_a_participant_closes_while_a_sender_ignores_its_cancel(media_serv
         session = media_server.server.sessions[bob.session_id]
         started = time.monotonic()
         await session.close()
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 7  # (the close's bound, CLOSE_SECONDS, is 10 s)
     finally:
         await bob.close()
         await alice.close()
