@@ -123,7 +123,7 @@ async def main() -> None:
              for english, spanish in SENTENCES[:args.sentences]]
     rows = []
     assert len(clips) <= len(SENTENCES)
-    server = ServerProcess.script("rooms-bench", harness.ROOT / "bench" / "logs" / "rooms_bench.log",
+    server = ServerProcess.script("rooms-bench", harness.ROOT / "bench" / "results" / "rooms_bench.log",
                                   "--preload", "translation", "--room-size", "3" if args.third else "2",
                                   "--max-sessions", "16",
                                   "--max-sessions-per-address", "0", "--offer-burst", "20",
