@@ -100,6 +100,7 @@ class MediaServer:
             raise ValueError("--turn-url and --turn-secret go together (short-lived TURN credentials)")
         self.resume_tokens = ResumeTokens()
         self.rooms = RoomRegistry(settings)
+        self.metrics.count_rooms(self.rooms.counts)
         if settings.room_size < 1:
             raise ValueError(f"--room-size must be at least 1, not {settings.room_size}")
         restrict_ice_hosts(settings.ice_hosts)

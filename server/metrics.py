@@ -28,7 +28,14 @@ class Metrics:
                                    ["pipeline", "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("mms_batch_size", "Items per inference batch", ["pipeline"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.rooms = Gauge("mms_rooms", "Rooms open", registry=r)
+        self.room_participants = Gauge("mms_room_participants", "Participants in rooms", registry=r)
         self.recent_lag: deque[float] = deque(maxlen=600)  # seconds, for /health percentiles
+
+    def count_rooms(self, counts) -> None:
+        """The room gauges read ``counts()`` (``RoomRegistry.counts``) at each scrape."""
+        self.rooms.set_function(lambda: counts()["rooms"])
+        self.room_participants.set_function(lambda: counts()["room_participants"])
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -61,6 +61,8 @@ async def test_two_participants_see_each_other_and_the_room_limit(media_server, 
         room = server.rooms.rooms["r1"]
         health = await http_get(media_server.url + "/health")
         assert health["rooms"] == 1 and health["room_participants"] == 2
+        metrics = server.metrics.exposition().decode()
+        assert "mms_rooms 1.0" in metrics and "mms_room_participants 2.0" in metrics
         assert (await alice.next_event("room"))["participant"] == alice.session_id
         joined = await alice.next_event("participant_joined")
         assert joined["participant"] == bob.session_id and joined["display_name"] == "Bob"
