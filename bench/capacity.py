@@ -33,7 +33,6 @@ in ``capacity.json``); server logs in ``bench/results/capacity-<server>.log``. E
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import os
 import statistics
@@ -52,7 +51,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 from bench import harness  # noqa: E402
 from bench.harness import RESULTS, ROOT, get_metrics, hist_delta, hist_quantile  # noqa: E402
-from bench.session_clients import AUDIO_RATE, Session, close_session, make_speech  # noqa: E402
+from bench.session_clients import AUDIO_RATE, Session, close_session, make_speech, start_session  # noqa: E402
 from client import StreamClient  # noqa: E402
 from testing.images import astronaut  # noqa: E402
 from testing.server import ServerProcess  # noqa: E402
@@ -215,19 +214,8 @@ def cheap_receivers() -> None:
 async def open_session(index: int, url: str, video: list[bytes], audio: list[bytes], onset: int,
                        timeout: float) -> Session:
     client = StreamClient(url, pipelines=["gender"])
-    s = Session(index, client, PacketTrack("audio", audio, AUDIO_RATE, OPUS_FRAME, onset),
-                PacketTrack("video", video, VIDEO_CLOCK, VIDEO_CLOCK // FPS))
-    client.channel.on("message", s.on_message)
-    t0 = time.monotonic()
-    try:
-        await asyncio.wait_for(client.connect(s.audio, s.video), timeout)
-        s.connect_s = time.monotonic() - t0
-        s.pinger = asyncio.get_running_loop().create_task(s.ping_loop())
-    except Exception as exc:  # refused, timed out, ICE failure...: reported, not fatal
-        s.error = f"{type(exc).__name__}: {exc}"[:200]
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.close(), 10)
-    return s
+    return await start_session(Session(index, client, PacketTrack("audio", audio, AUDIO_RATE, OPUS_FRAME, onset),
+                                       PacketTrack("video", video, VIDEO_CLOCK, VIDEO_CLOCK // FPS)), timeout)
 
 
 def lag_stats(m0: dict, m1: dict) -> tuple[float | None, float | None]:

@@ -113,8 +113,14 @@ class Session:
 
 async def open_session(index: int, url: str, speech: np.ndarray, onset_sample: int, timeout: float) -> Session:
     client = StreamClient(url, pipelines=["gender"])
-    s = Session(index, client, TimedAudioTrack(speech, AUDIO_RATE, onset_sample),
-                PatternVideoTrack(320, 240, fps=25.0))
+    return await start_session(Session(index, client, TimedAudioTrack(speech, AUDIO_RATE, onset_sample),
+                                       PatternVideoTrack(320, 240, fps=25.0)), timeout)
+
+
+async def start_session(s: Session, timeout: float) -> Session:
+    """Connect ``s`` (its client and tracks made) and start its pings; a failure is kept in
+    ``s.error``, not raised."""
+    client = s.client
     client.channel.on("message", s.on_message)
     t0 = time.monotonic()
     try:
