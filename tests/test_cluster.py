@@ -50,9 +50,11 @@ def test_haproxy_config_is_valid(tmp_path):
     assert "cookie m1 agent-check agent-port 9081" in text and "use-server m2 if" in text
 
 
-def replica_stats(cluster: LocalCluster) -> dict:
-    """``python -m inference.serve status``: the gender application's replica statistics."""
-    out = subprocess.run([sys.executable, "-m", "inference.serve", "status", "--ray-address", cluster.ray_address],
+def replica_stats(cluster: LocalCluster, *command: str) -> dict:
+    """``python -m inference.serve status`` (or another command): the gender application's replica
+    statistics."""
+    command = command or ("status",)
+    out = subprocess.run([sys.executable, "-m", "inference.serve", *command, "--ray-address", cluster.ray_address],
                          cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     apps = json.loads(out.stdout)
@@ -119,7 +121,20 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
         assert set(stats["callers"]) == {"m1", "m2"}, stats
         assert stats["mixed_batches"] >= 1, stats  # one batch held requests of both processes
 
-        # 2. The replica dies mid-session: results again once Serve has replaced it
+        # 2. The replica dies while it holds calls: those calls get error events, then results again
+        # once Serve has replaced it. Its batches wait 20 s first (in place: its replacement batches
+        # as deployed), so every session's next call is held in the replica when it dies.
+        held = await asyncio.to_thread(replica_stats, cluster, "configure", "gender", "--ray-batch-wait", "20")
+        assert held["max_wait"] == 20 and held["pid"] == stats["pid"], held
+        for _ in range(10):
+            if held["waiting"] == len(clients) and 1 < held["oldest_waiting_s"] < 15:
+                break  # one call per session, each waiting in a batch under the 20 s wait
+            await asyncio.sleep(1)
+            held = await asyncio.to_thread(replica_stats, cluster)
+        assert held["waiting"] == len(clients) and 1 < held["oldest_waiting_s"] < 15, held
+        for client, _ in clients:  # results from before: no session can have one now until its call returns
+            while not client.events.empty():
+                client.events.get_nowait()
         os.kill(stats["pid"], signal.SIGKILL)
         events = {id(c): [] for c, _ in clients}
 
@@ -130,14 +145,14 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
                 events[id(client)].append(event)
                 if event["type"] == "gender" and any(e["type"] == "error" for e in events[id(client)]):
                     return
-                if event["type"] == "gender" and len(events[id(client)]) > 20:
-                    return  # no call of this session was in flight at the kill
         await asyncio.gather(*(until_recovered(c) for c, _ in clients))
-        # Calls the dead replica held fail as error events of that result (Serve may also retry
-        # some on the new replica); either way every session carries on with results
-        errors = [e for evs in events.values() for e in evs if e["type"] == "error"]
-        assert all(e["pipeline"] == "gender" and "gender" in e["message"] for e in errors), errors
-        assert all(evs[-1]["type"] == "gender" for evs in events.values())
+        # Each call the dead replica held failed as an error event of that result (Serve retries a
+        # call on another replica only while it is being handed over, not once the replica took
+        # it), and every session carried on with results
+        for evs in events.values():
+            assert evs[0]["type"] == "error", evs  # its held call
+            assert evs[0]["pipeline"] == "gender" and "gender (Ray) failed" in evs[0]["message"], evs
+            assert evs[-1]["type"] == "gender", evs
         for _ in range(10):
             stats_after = await asyncio.to_thread(replica_stats, cluster)
             if stats_after is not None:
