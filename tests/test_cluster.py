@@ -1,8 +1,8 @@
 """Scaling out (issue 12): a local Ray instance (127.0.0.1, 2 CPUs), the gender model as a Ray Serve
 deployment, two media servers and HAProxy in front of them, started as ``make cluster`` does
-(server/cluster.py). One scenario, in order: clients through HAProxy reach both media servers and
-one deployment's batches hold requests of both; a replica killed mid-session gives an error event,
-then results again; a media server killed leaves the other's sessions running and new offers go to
+(server/cluster.py). One scenario, in order: clients through HAProxy (``client.py`` too) reach both
+media servers and one deployment's batches hold requests of both; a replica killed while it holds
+every session's call gives each session an error event, then results again; a media server killed leaves the other's sessions running and new offers go to
 the survivor; stopping the cluster leaves no process and no port behind.
 
 The model is a tiny wav2vec2 classifier written to a temporary folder (nothing is downloaded).
@@ -101,6 +101,7 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
     restrict_ice_hosts(["127.0.0.1"])  # this process's WebRTC clients: loopback only
     voice = load_audio(espeak("en+f3"))
     clients: list[tuple[StreamClient, dict]] = []
+    cli = None
     try:
         await asyncio.to_thread(cluster.start)
         ports = [cluster.port, cluster.ray_port, *(int(u.rpartition(":")[2]) for u in cluster.media_urls.values())]
@@ -110,7 +111,12 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
             assert health["server_id"] == name
             assert health["inference"]["mode"] == "ray" and health["inference"]["remote"] == ["gender"]
 
-        # 1. Through HAProxy: sessions on both media servers, results from the shared deployment
+        # 1. Through HAProxy: sessions on both media servers, results from the shared deployment;
+        # client.py's too (alongside, it ends before the replica is killed)
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "client.py", espeak("en+f3"), "--loop", "--url", cluster.url, "--pipelines", "gender",
+            "--options", '{"gender": {"interval": 0.5}}', "--duration", "10", "--ice-host", "127.0.0.1",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         clients = await open_clients(cluster.url, voice, 4)
         assert {answer["server_id"] for _, answer in clients} == {"m1", "m2"}
         for client, _ in clients:
@@ -120,6 +126,10 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
         stats = await asyncio.to_thread(replica_stats, cluster)
         assert set(stats["callers"]) == {"m1", "m2"}, stats
         assert stats["mixed_batches"] >= 1, stats  # one batch held requests of both processes
+        out = (await asyncio.wait_for(cli.communicate(), 60))[0].decode(errors="replace")
+        printed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert cli.returncode == 0 and printed[0]["type"] == "connected", out[-2000:]
+        assert any(e["type"] == "gender" and e["backend"] == "wav2vec2" for e in printed), out[-2000:]
 
         # 2. The replica dies while it holds calls: those calls get error events, then results again
         # once Serve has replaced it. Its batches wait 20 s first (in place: its replacement batches
@@ -171,6 +181,9 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
         await fresh[0][0].next_event("gender", timeout=60)
     finally:
         await asyncio.gather(*(c.close() for c, _ in clients), return_exceptions=True)
+        if cli is not None and cli.returncode is None:
+            cli.kill()
+            await cli.wait()
         await asyncio.to_thread(cluster.stop)
 
     # 4. Stopped: no process it started, no port it listened on
