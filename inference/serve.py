@@ -36,10 +36,10 @@ def deploy(argv: list[str]) -> None:
 
 
 def status(argv: list[str]) -> None:
-    from ray import serve
     from inference.remote import RayCluster
     settings = parse_settings(["--inference", "ray", *argv])
-    RayCluster(settings)
+    RayCluster(settings)  # first: it sets what Ray reads on import (a 127.0.0.1 head stays on 127.0.0.1)
+    from ray import serve
     report = {}
     for app, state in serve.status().applications.items():
         report[app] = {"status": str(state.status)}
@@ -52,12 +52,12 @@ def status(argv: list[str]) -> None:
 
 
 def configure(argv: list[str]) -> None:
-    from ray import serve
     from inference.remote import RayCluster
     if not argv or argv[0].startswith("-"):
         sys.exit("configure MODEL --ray-address HOST:PORT --ray-batch-wait SECONDS")
     model, settings = argv[0], parse_settings(["--inference", "ray", *argv[1:]])
-    RayCluster(settings)
+    RayCluster(settings)  # before importing ray (see status)
+    from ray import serve
     apps = [app for app in serve.status().applications if app.rpartition("-")[0] == model]
     if not apps:
         sys.exit(f"no application of the model {model!r} on {settings.ray_address}")
