@@ -35,6 +35,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -315,6 +316,7 @@ async def main_async(args) -> None:
             finally:
                 await asyncio.to_thread(cluster.stop)
     harness.publish("cluster", report(runs, args, uptimes), {"runs": runs, "uptime": uptimes})
+    shutil.rmtree(work, ignore_errors=True)  # the model and the cluster's logs (kept when it failed)
 
 
 def summary(r: dict) -> str:
