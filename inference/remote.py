@@ -47,6 +47,7 @@ def _deployment():
             self.spec = spec
             self.predict = spec.predictor()
             self.executor = ThreadPoolExecutor(1, thread_name_prefix="replica")  # the loop stays free
+            self.max_batch, self.max_wait = max_batch, max_wait
             self.batch.set_max_batch_size(max_batch)
             self.batch.set_batch_wait_timeout_s(max_wait)
             self.batches = 0
@@ -54,15 +55,35 @@ def _deployment():
             self.mixed = 0  # batches that held requests from more than one media server
             self.sizes: Counter = Counter()
             self.callers: Counter = Counter()
-            self.model_seconds = 0.0
+            self.model_seconds = 0.0  # in the model, summed over batches
+            self.model_item_seconds = 0.0  # in the model, summed over requests
+            self.queue_seconds = 0.0  # from a request's arrival to its batch's start, summed over requests
+            self.waiting: dict[int, float] = {}  # requests received, not yet answered: their arrival
 
         async def __call__(self, caller: str, item: Any) -> tuple[bool, Any]:
-            return await self.batch((caller, item))
+            key = id(asyncio.current_task())
+            self.waiting[key] = arrived = time.monotonic()
+            try:
+                return await self.batch((caller, item, arrived))
+            finally:
+                del self.waiting[key]
+
+        def configure(self, max_batch: int | None = None, max_wait: float | None = None) -> dict:
+            """Changes this replica's batching in place (``python -m inference.serve configure``);
+            a replica that replaces it starts with the deployed settings."""
+            if max_batch:
+                self.max_batch = max_batch
+                self.batch.set_max_batch_size(max_batch)
+            if max_wait:
+                self.max_wait = max_wait
+                self.batch.set_batch_wait_timeout_s(max_wait)
+            return self.stats()
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-        async def batch(self, requests: list[tuple[str, Any]]) -> list[tuple[bool, Any]]:
+        async def batch(self, requests: list[tuple[str, Any, float]]) -> list[tuple[bool, Any]]:
             loop = asyncio.get_running_loop()
-            items = [item for _, item in requests]
+            items = [item for _, item, _ in requests]
+            self.queue_seconds += sum(time.monotonic() - arrived for _, _, arrived in requests)
             t0 = time.perf_counter()
             try:
                 results = [(True, r) for r in await loop.run_in_executor(self.executor, self.predict, items)]
@@ -73,19 +94,26 @@ def _deployment():
                         results.append((True, (await loop.run_in_executor(self.executor, self.predict, [item]))[0]))
                     except Exception as exc:
                         results.append((False, exc))
-            self.model_seconds += time.perf_counter() - t0
-            callers = {caller for caller, _ in requests}
+            seconds = time.perf_counter() - t0
+            self.model_seconds += seconds
+            self.model_item_seconds += seconds * len(requests)  # each request waits for its whole batch
+            callers = {caller for caller, _, _ in requests}
             self.batches += 1
             self.items += len(requests)
             self.mixed += len(callers) > 1
             self.sizes[len(requests)] += 1
-            self.callers.update(caller for caller, _ in requests)
+            self.callers.update(caller for caller, _, _ in requests)
             return results
 
         def stats(self) -> dict:
             return {"pid": os.getpid(), "batches": self.batches, "items": self.items,
                     "mixed_batches": self.mixed, "batch_sizes": dict(self.sizes),
-                    "callers": dict(self.callers), "model_seconds": round(self.model_seconds, 3)}
+                    "callers": dict(self.callers), "model_seconds": round(self.model_seconds, 3),
+                    "queue_seconds": round(self.queue_seconds, 3),
+                    "model_item_seconds": round(self.model_item_seconds, 3),
+                    "max_batch": self.max_batch, "max_wait": self.max_wait,
+                    "waiting": len(self.waiting),
+                    "oldest_waiting_s": round(time.monotonic() - min(self.waiting.values(), default=time.monotonic()), 3)}
 
     return ModelReplica
 

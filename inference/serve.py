@@ -2,11 +2,16 @@
 
     python -m inference.serve deploy --ray-address HOST:PORT [media-server flags...]
     python -m inference.serve status --ray-address HOST:PORT
+    python -m inference.serve configure MODEL --ray-address HOST:PORT --ray-batch-wait SECONDS
 
 ``deploy`` takes the media server's own flags (``--preload``, ``--remote-models``, the pipelines'
 model settings, ``--device``, ``--ray-*``) and deploys every remote model those pipelines use,
 exactly as a media server with the same flags would on its first session; ``status`` prints each
-model application's state and its replicas' batch statistics.
+model application's state and its replicas' batch statistics (batch sizes, which servers they
+mixed, seconds in the model and queued, requests ``waiting`` now); ``configure`` changes a running
+model's batch wait (``--ray-batch-wait``) in the replica that answers, in place, and prints its
+statistics: a replica that replaces it starts with the deployed settings (the cluster test holds
+requests in a replica this way before killing it).
 """
 from __future__ import annotations
 
@@ -31,10 +36,10 @@ def deploy(argv: list[str]) -> None:
 
 
 def status(argv: list[str]) -> None:
-    from ray import serve
     from inference.remote import RayCluster
     settings = parse_settings(["--inference", "ray", *argv])
-    RayCluster(settings)
+    RayCluster(settings)  # first: it sets what Ray reads on import (a 127.0.0.1 head stays on 127.0.0.1)
+    from ray import serve
     report = {}
     for app, state in serve.status().applications.items():
         report[app] = {"status": str(state.status)}
@@ -46,12 +51,27 @@ def status(argv: list[str]) -> None:
     print(json.dumps(report, indent=2))
 
 
+def configure(argv: list[str]) -> None:
+    from inference.remote import RayCluster
+    if not argv or argv[0].startswith("-"):
+        sys.exit("configure MODEL --ray-address HOST:PORT --ray-batch-wait SECONDS")
+    model, settings = argv[0], parse_settings(["--inference", "ray", *argv[1:]])
+    RayCluster(settings)  # before importing ray (see status)
+    from ray import serve
+    apps = [app for app in serve.status().applications if app.rpartition("-")[0] == model]
+    if not apps:
+        sys.exit(f"no application of the model {model!r} on {settings.ray_address}")
+    report = {app: {"replica": serve.get_app_handle(app).configure.remote(max_wait=settings.ray_batch_wait)
+                    .result(timeout_s=30)} for app in apps}
+    print(json.dumps(report, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("deploy", "status"):
+    if not argv or argv[0] not in ("deploy", "status", "configure"):
         sys.exit(__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    {"deploy": deploy, "status": status}[argv[0]](argv[1:])
+    {"deploy": deploy, "status": status, "configure": configure}[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

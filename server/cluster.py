@@ -118,6 +118,7 @@ def _running(p: psutil.Process) -> bool:
 
 
 STARTUP_NICENESS = -5
+LOCAL_REPLICA_CPUS = 0.25  # what a replica of `make cluster` reserves unless --ray-replica-cpus is given
 
 
 def _startup_priority() -> None:
@@ -247,8 +248,14 @@ class LocalCluster:
         deploy = self._start("deploy", [sys.executable, "-m", "inference.serve", "deploy", *self.server_flags()])
         try:
             rc = deploy.popen.wait(self.startup_timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
         finally:
             stop_all([deploy], timeout=10)
+        if rc is None:
+            raise RuntimeError(f"deploying the Serve applications took over {self.startup_timeout:.0f} s (a replica "
+                               "that cannot get the CPUs it reserves waits for them: --ray-replica-cpus, "
+                               f"--num-cpus):\n{deploy.log_tail(5)}")
         if rc != 0:
             raise RuntimeError(f"deploying the Serve applications failed ({rc}):\n{deploy.log_tail()}")
         servers = []
@@ -312,12 +319,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("server_args", nargs=argparse.REMAINDER, help="after --: flags for every media server")
     args = parser.parse_args(argv)
     server_args = args.server_args[1:] if args.server_args[:1] == ["--"] else args.server_args
+    if not any(a.startswith("--ray-replica-cpus") for a in server_args):
+        # The replicas share this machine's cores: reserving a whole CPU each would leave every
+        # model past the first --num-cpus ones waiting for a CPU forever (--preload all: 3 on 2 cores)
+        server_args = ["--ray-replica-cpus", str(LOCAL_REPLICA_CPUS), *server_args]
     cluster = LocalCluster(args.port, args.media_servers, num_cpus=args.num_cpus, server_args=server_args,
                            log_level="INFO")
     def interrupt(*_):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C, even while the cluster starts
+    failed = False
     try:
         print(f"Starting a Ray head on {cluster.ray_address}, the Serve applications, "
               f"{args.media_servers} media servers and HAProxy (logs in {cluster.workdir}) ...", flush=True)
@@ -333,6 +345,9 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
+    except RuntimeError as exc:  # it did not start (everything it started is stopped already)
+        print(f"The cluster did not start: {exc}", flush=True)
+        failed = True
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
             signal.signal(sig, signal.SIG_IGN)
@@ -340,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         killed = cluster.stop()
         print("Stopped" + (f" (killed {len(killed)} processes that did not exit)" if killed else "") + ".",
               flush=True)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

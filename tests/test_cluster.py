@@ -1,8 +1,8 @@
 """Scaling out (issue 12): a local Ray instance (127.0.0.1, 2 CPUs), the gender model as a Ray Serve
 deployment, two media servers and HAProxy in front of them, started as ``make cluster`` does
-(server/cluster.py). One scenario, in order: clients through HAProxy reach both media servers and
-one deployment's batches hold requests of both; a replica killed mid-session gives an error event,
-then results again; a media server killed leaves the other's sessions running and new offers go to
+(server/cluster.py). One scenario, in order: clients through HAProxy (``client.py`` too) reach both
+media servers and one deployment's batches hold requests of both; a replica killed while it holds
+every session's call gives each session an error event, then results again; a media server killed leaves the other's sessions running and new offers go to
 the survivor; stopping the cluster leaves no process and no port behind.
 
 The model is a tiny wav2vec2 classifier written to a temporary folder (nothing is downloaded).
@@ -50,10 +50,13 @@ def test_haproxy_config_is_valid(tmp_path):
     assert "cookie m1 agent-check agent-port 9081" in text and "use-server m2 if" in text
 
 
-def replica_stats(cluster: LocalCluster) -> dict:
-    """``python -m inference.serve status``: the gender application's replica statistics."""
-    out = subprocess.run([sys.executable, "-m", "inference.serve", "status", "--ray-address", cluster.ray_address],
-                         cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=180)
+def replica_stats(cluster: LocalCluster, *command: str) -> dict:
+    """``python -m inference.serve status`` (or another command): the gender application's replica
+    statistics."""
+    command = command or ("status",)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # as typed by hand
+    out = subprocess.run([sys.executable, "-m", "inference.serve", *command, "--ray-address", cluster.ray_address],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     apps = json.loads(out.stdout)
     (app,) = [a for name, a in apps.items() if name.startswith("gender-")]
@@ -99,6 +102,7 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
     restrict_ice_hosts(["127.0.0.1"])  # this process's WebRTC clients: loopback only
     voice = load_audio(espeak("en+f3"))
     clients: list[tuple[StreamClient, dict]] = []
+    cli = None
     try:
         await asyncio.to_thread(cluster.start)
         ports = [cluster.port, cluster.ray_port, *(int(u.rpartition(":")[2]) for u in cluster.media_urls.values())]
@@ -108,7 +112,12 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
             assert health["server_id"] == name
             assert health["inference"]["mode"] == "ray" and health["inference"]["remote"] == ["gender"]
 
-        # 1. Through HAProxy: sessions on both media servers, results from the shared deployment
+        # 1. Through HAProxy: sessions on both media servers, results from the shared deployment;
+        # client.py's too (alongside, it ends before the replica is killed)
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "client.py", espeak("en+f3"), "--loop", "--url", cluster.url, "--pipelines", "gender",
+            "--options", '{"gender": {"interval": 0.5}}', "--duration", "10", "--ice-host", "127.0.0.1",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         clients = await open_clients(cluster.url, voice, 4)
         assert {answer["server_id"] for _, answer in clients} == {"m1", "m2"}
         for client, _ in clients:
@@ -118,8 +127,25 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
         stats = await asyncio.to_thread(replica_stats, cluster)
         assert set(stats["callers"]) == {"m1", "m2"}, stats
         assert stats["mixed_batches"] >= 1, stats  # one batch held requests of both processes
+        out = (await asyncio.wait_for(cli.communicate(), 60))[0].decode(errors="replace")
+        printed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert cli.returncode == 0 and printed[0]["type"] == "connected", out[-2000:]
+        assert any(e["type"] == "gender" and e["backend"] == "wav2vec2" for e in printed), out[-2000:]
 
-        # 2. The replica dies mid-session: results again once Serve has replaced it
+        # 2. The replica dies while it holds calls: those calls get error events, then results again
+        # once Serve has replaced it. Its batches wait 20 s first (in place: its replacement batches
+        # as deployed), so every session's next call is held in the replica when it dies.
+        held = await asyncio.to_thread(replica_stats, cluster, "configure", "gender", "--ray-batch-wait", "20")
+        assert held["max_wait"] == 20 and held["pid"] == stats["pid"], held
+        for _ in range(10):
+            if held["waiting"] == len(clients) and 1 < held["oldest_waiting_s"] < 15:
+                break  # one call per session, each waiting in a batch under the 20 s wait
+            await asyncio.sleep(1)
+            held = await asyncio.to_thread(replica_stats, cluster)
+        assert held["waiting"] == len(clients) and 1 < held["oldest_waiting_s"] < 15, held
+        for client, _ in clients:  # results from before: no session can have one now until its call returns
+            while not client.events.empty():
+                client.events.get_nowait()
         os.kill(stats["pid"], signal.SIGKILL)
         events = {id(c): [] for c, _ in clients}
 
@@ -130,14 +156,14 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
                 events[id(client)].append(event)
                 if event["type"] == "gender" and any(e["type"] == "error" for e in events[id(client)]):
                     return
-                if event["type"] == "gender" and len(events[id(client)]) > 20:
-                    return  # no call of this session was in flight at the kill
         await asyncio.gather(*(until_recovered(c) for c, _ in clients))
-        # Calls the dead replica held fail as error events of that result (Serve may also retry
-        # some on the new replica); either way every session carries on with results
-        errors = [e for evs in events.values() for e in evs if e["type"] == "error"]
-        assert all(e["pipeline"] == "gender" and "gender" in e["message"] for e in errors), errors
-        assert all(evs[-1]["type"] == "gender" for evs in events.values())
+        # Each call the dead replica held failed as an error event of that result (Serve retries a
+        # call on another replica only while it is being handed over, not once the replica took
+        # it), and every session carried on with results
+        for evs in events.values():
+            assert evs[0]["type"] == "error", evs  # its held call
+            assert evs[0]["pipeline"] == "gender" and "gender (Ray) failed" in evs[0]["message"], evs
+            assert evs[-1]["type"] == "gender", evs
         for _ in range(10):
             stats_after = await asyncio.to_thread(replica_stats, cluster)
             if stats_after is not None:
@@ -156,6 +182,9 @@ async def test_local_cluster_batches_across_media_servers_and_survives_failures(
         await fresh[0][0].next_event("gender", timeout=60)
     finally:
         await asyncio.gather(*(c.close() for c, _ in clients), return_exceptions=True)
+        if cli is not None and cli.returncode is None:
+            cli.kill()
+            await cli.wait()
         await asyncio.to_thread(cluster.stop)
 
     # 4. Stopped: no process it started, no port it listened on

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines.translation.models import mt_spec, seamless_spec, tts_spec
-from pipelines.translation.mt import MTRequest, TransformersTranslator
+from pipelines.translation.mt import MTRequest, TransformersMT, TransformersTranslator
 from pipelines.translation.seamless import S2STRequest, SeamlessM4T
 from pipelines.translation.tts import TransformersTTS, TTSRequest
 from pipelines.translation.languages import available_pairs
@@ -88,6 +88,8 @@ def save_tiny_seamless(folder):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    import torch
+    torch.manual_seed(0)  # the same random weights every run (some draws translate to nothing)
     root = tmp_path_factory.mktemp("tiny-models")
     save_tiny_marian(root / "opus-mt-en-es")
     save_tiny_vits(root / "mms-tts-spa")
@@ -103,6 +105,40 @@ def test_tiny_backends_load_and_generate(tiny):
     result = SeamlessM4T(str(tiny / "seamless")).translate(np.zeros(16000, np.float32), "en", "es", max_new_tokens=8)
     assert isinstance(result.text, str) and isinstance(result.source_text, str)
     assert result.sample_rate == 16000 and result.samples.ndim == 1 and len(result.samples) > 0
+
+
+def counting(obj, method: str) -> list:
+    """Wraps ``obj.method`` so that each call's first argument is noted in the returned list."""
+    calls, inner = [], getattr(obj, method)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args[0] if args else kwargs)
+        return inner(*args, **kwargs)
+    setattr(obj, method, wrapper)
+    return calls
+
+
+def test_batches_run_one_generate_per_pair_and_one_pass_per_language(tiny):
+    """A batch of MT requests is one padded ``generate`` per language pair, a batch of TTS requests
+    one forward pass per language; each result as the request alone would get."""
+    mt = TransformersMT(str(tiny / "opus-mt-{src}-{tgt}"))
+    texts = ["good morning", " ", "coffee water please good morning", "please"]
+    alone = [mt.translator("en", "es").translate(t) for t in texts]
+    generates = counting(mt.translator("en", "es").model, "generate")
+    assert mt.predict([MTRequest(t, "en", "es") for t in texts]) == alone
+    assert len(generates) == 1 and alone[1] == ""
+
+    tts = TransformersTTS(str(tiny / "mms-tts-{lang3}"))
+    _, model, _ = tts._load("es")
+    model.noise_scale = model.noise_scale_duration = 0.0  # deterministic, to compare with one by one
+    texts = ["buenos días", "café", "agua por favor, buenos días"]
+    alone = [tts.synthesize(t, "es") for t in texts]
+    passes = counting(model, "forward")
+    batch = tts.predict([TTSRequest(t, "es") for t in texts])
+    assert len(passes) == 1
+    for (samples, rate), (expected, expected_rate) in zip(batch, alone):
+        assert rate == expected_rate == 16000 and samples.dtype == np.float32
+        assert len(samples) == len(expected) > 0  # each cut to its own length, not the longest's
 
 
 def round_trip(value):

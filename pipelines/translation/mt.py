@@ -151,16 +151,22 @@ class TransformersTranslator:
         self._lock = threading.Lock()
 
     def translate(self, text: str) -> str:
-        text = text.strip()
-        if not text:
-            return ""
-        inputs = self.tokenizer([text], return_tensors="pt", truncation=True,
+        return self.translate_batch([text])[0]
+
+    def translate_batch(self, texts: Sequence[str]) -> list[str]:
+        """Several texts in one padded ``generate`` (greedy: each as it would be alone)."""
+        stripped = [t.strip() for t in texts]
+        todo = [t for t in stripped if t]
+        if not todo:
+            return [""] * len(texts)
+        inputs = self.tokenizer(todo, return_tensors="pt", padding=True, truncation=True,
                                 max_length=self.max_tokens).to(self.device)
         inputs.pop("token_type_ids", None)
         with self._lock, self.torch.inference_mode():
             tokens = self.model.generate(**inputs, num_beams=1, max_new_tokens=self.max_tokens,
                                          **self.generate_kwargs)
-        return self.tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+        done = iter(t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True))
+        return [next(done) if t else "" for t in stripped]
 
     def close(self) -> None:
         pass
@@ -216,3 +222,15 @@ class TransformersMT(PairTranslation):
 
     def make(self, source: str, target: str) -> TransformersTranslator:
         return TransformersTranslator(self.model, source, target, self.device)
+
+    def predict(self, requests: Sequence[MTRequest]) -> list[str]:
+        """One ``generate`` per language pair in the batch, not one per request."""
+        out: list[str] = [""] * len(requests)
+        pairs: dict[tuple[str, str], list[int]] = {}
+        for i, r in enumerate(requests):
+            pairs.setdefault((r.source, r.target), []).append(i)
+        for (source, target), indices in pairs.items():
+            texts = self.translator(source, target).translate_batch([requests[i].text for i in indices])
+            for i, text in zip(indices, texts):
+                out[i] = text
+        return out

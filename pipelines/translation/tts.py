@@ -112,8 +112,29 @@ class TransformersTTS(Synthesizer):
             return self._models[name]
 
     def synthesize(self, text: str, language: str, voice: str | None = None) -> tuple[np.ndarray, int]:
+        return self.synthesize_batch([text], language)[0]
+
+    def synthesize_batch(self, texts: Sequence[str], language: str) -> list[tuple[np.ndarray, int]]:
+        """Several texts of one language in one padded forward pass, each cut to its own length."""
         tokenizer, model, torch = self._load(language)
-        inputs = tokenizer(text, return_tensors="pt").to(self.device)
+        ids = [tokenizer(text)["input_ids"] for text in texts]
+        longest = max(map(len, ids))
+        # Padded by hand (a tokenizer may have no pad token in its vocabulary): id 0, masked out
+        input_ids = torch.tensor([row + [0] * (longest - len(row)) for row in ids], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids], device=self.device)
         with torch.inference_mode():
-            waveform = model(**inputs).waveform[0]
-        return waveform.float().cpu().numpy(), int(model.config.sampling_rate)
+            output = model(input_ids=input_ids, attention_mask=mask)
+        rate = int(model.config.sampling_rate)
+        waveforms = output.waveform.float().cpu().numpy()
+        return [(waveforms[i, :int(n)].copy(), rate) for i, n in enumerate(output.sequence_lengths.tolist())]
+
+    def predict(self, requests: Sequence[TTSRequest]) -> list[tuple[np.ndarray, int]]:
+        """One forward pass per language in the batch, not one per request."""
+        out: list = [None] * len(requests)
+        languages: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            languages.setdefault(r.language, []).append(i)
+        for language, indices in languages.items():
+            for i, result in zip(indices, self.synthesize_batch([requests[i].text for i in indices], language)):
+                out[i] = result
+        return out
