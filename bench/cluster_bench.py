@@ -19,7 +19,7 @@ what the trip to Ray costs. Measured per level:
 * CPU: every process of the setup (the server; or Ray's processes, its replicas, the media
   servers and HAProxy), in cores, over the level;
 * batch sizes each model saw (embedded: the server's ``mms_batch_size`` histogram; cluster: each
-  replica's own counters, ``python -m inference.serve status``);
+  replica's own counters, ``python -m server.serve_apps status``);
 * where a remote call's time goes: the media server's round trip (``mms_inference_seconds``,
   ``stage="remote"``) split into the replica's queue (arrival to its batch's start), the model
   (its batch's run) and the rest (serialization, Serve's routing, the transport).
@@ -108,7 +108,7 @@ class Cluster(Setup):
         return [p for proc in self.cluster.procs for p in proc.tree()]
 
     def batch_stats(self, metrics):
-        out = subprocess.run([sys.executable, "-m", "inference.serve", "status", "--ray-address",
+        out = subprocess.run([sys.executable, "-m", "server.serve_apps", "status", "--ray-address",
                               self.cluster.ray_address], cwd=harness.ROOT, env=self.cluster.env,
                              capture_output=True, text=True, timeout=180)
         apps = json.loads(out.stdout) if out.returncode == 0 else {}

@@ -4,7 +4,6 @@
     batching.py   Batcher: the in-process Model (a collector task and one worker thread)
     spec.py       ModelSpec: how to build a model anywhere (factory + plain settings)
     remote.py     RayModel: a Model served by a Ray Serve deployment (--inference ray)
-    serve.py      python -m inference.serve deploy|status: the Serve applications of a cluster
 """
 from inference.batching import Batcher, InferenceError, ModelTimeout, ModelUnavailable, Overloaded
 from inference.registry import Model, ModelRegistry

@@ -5,7 +5,7 @@ settings give the same name on every media server): one ``ModelReplica`` deploym
 the model from its ``ModelSpec`` and batches with ``@serve.batch``, so one batch mixes the
 requests of every session of every media server. Replicas reserve ``num_cpus`` (or a ``num_gpus``
 fraction) and Serve scales them on ongoing requests. A media server that finds the application
-missing deploys it; ``python -m inference.serve deploy`` does it ahead of time.
+missing deploys it; ``python -m server.serve_apps deploy`` does it ahead of time.
 
 ``RayModel`` is the client side, the same ``Model`` a pipeline gets in-process: ``await
 model.predict(item)``. A call whose replica dies raises ``ModelUnavailable`` (the pipeline emits an
@@ -31,7 +31,7 @@ from inference.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "mms"  # the Ray namespace of every media server and of `python -m inference.serve`
+NAMESPACE = "mms"  # the Ray namespace of every media server and of `python -m server.serve_apps`
 CALL_TIMEOUT = 60.0  # seconds a call may wait for a replica (one that is starting, loading its model)
 
 
@@ -69,7 +69,7 @@ def _deployment():
                 del self.waiting[key]
 
         def configure(self, max_batch: int | None = None, max_wait: float | None = None) -> dict:
-            """Changes this replica's batching in place (``python -m inference.serve configure``);
+            """Changes this replica's batching in place (``python -m server.serve_apps configure``);
             a replica that replaces it starts with the deployed settings."""
             if max_batch:
                 self.max_batch = max_batch

@@ -245,7 +245,7 @@ class LocalCluster:
                 print(f"the Ray head did not start (attempt {attempt}); again:\n{self.head.log_tail(3)}", flush=True)
                 stop_all([self.head], timeout=20)
         # The Serve applications, before any media server needs them
-        deploy = self._start("deploy", [sys.executable, "-m", "inference.serve", "deploy", *self.server_flags()])
+        deploy = self._start("deploy", [sys.executable, "-m", "server.serve_apps", "deploy", *self.server_flags()])
         try:
             rc = deploy.popen.wait(self.startup_timeout)
         except subprocess.TimeoutExpired:

@@ -51,11 +51,11 @@ def test_haproxy_config_is_valid(tmp_path):
 
 
 def replica_stats(cluster: LocalCluster, *command: str) -> dict:
-    """``python -m inference.serve status`` (or another command): the gender application's replica
+    """``python -m server.serve_apps status`` (or another command): the gender application's replica
     statistics."""
     command = command or ("status",)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # as typed by hand
-    out = subprocess.run([sys.executable, "-m", "inference.serve", *command, "--ray-address", cluster.ray_address],
+    out = subprocess.run([sys.executable, "-m", "server.serve_apps", *command, "--ray-address", cluster.ray_address],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     apps = json.loads(out.stdout)

@@ -1,8 +1,8 @@
 """The Serve applications of a Ray cluster, ahead of the media servers that use them.
 
-    python -m inference.serve deploy --ray-address HOST:PORT [media-server flags...]
-    python -m inference.serve status --ray-address HOST:PORT
-    python -m inference.serve configure MODEL --ray-address HOST:PORT --ray-batch-wait SECONDS
+    python -m server.serve_apps deploy --ray-address HOST:PORT [media-server flags...]
+    python -m server.serve_apps status --ray-address HOST:PORT
+    python -m server.serve_apps configure MODEL --ray-address HOST:PORT --ray-batch-wait SECONDS
 
 ``deploy`` takes the media server's own flags (``--preload``, ``--remote-models``, the pipelines'
 model settings, ``--device``, ``--ray-*``) and deploys every remote model those pipelines use,
