@@ -202,6 +202,25 @@ def test_apertium_one_process_per_pair_sentence_by_sentence():
         translator.close()
 
 
+THANKS = {"es": ("gracias",), "en": ("thank", "grace"), "ca": ("gràcies",), "fr": ("merci",)}  # ca->en: "A lot of graces."
+
+
+@pytest.mark.parametrize("pair", sorted(apertium_pairs()))
+def test_every_listed_apertium_pair_answers_request_after_request(pair):
+    """Every pair /languages lists answers, in turn (eng-cat's tagger swallows one of a request's
+    NULs: it never answered before the answer's NULs were counted per pipeline)."""
+    source, target = pair
+    sentence = {"en": "Thank you very much.", "es": "Muchas gracias.", "ca": "Moltes gràcies.",
+                "fr": "Merci beaucoup."}[source]
+    translator = ApertiumTranslator(source, target, apertium_pairs()[pair])
+    try:
+        answers = [translator.translate(sentence) for _ in range(3)]
+        assert len(set(answers)) == 1 and answers[0], answers
+        assert any(word in answers[0].lower() for word in THANKS[target]), answers
+    finally:
+        translator.close()
+
+
 def test_espeak_tts_round_trip_is_spanish(models):
     samples, rate = EspeakTTS().synthesize("Buenos días, me gustaría un vaso de agua.", "es")
     assert rate == 22050 and 1.0 < len(samples) / rate < 5 and np.abs(samples).max() > 0.1

@@ -30,6 +30,7 @@ ISO3_TO_1 = {"eng": "en", "spa": "es", "cat": "ca", "fra": "fr", "por": "pt", "i
              "deu": "de", "glg": "gl", "eus": "eu", "oci": "oc", "arg": "an", "ron": "ro"}
 STREAM_SPECIAL = re.compile(r"([\\\[\]^$/@<>{}*#~|+])")  # characters with a meaning in Apertium's stream format
 TIMEOUT = 10.0
+REQUEST_END = b"\0\0\0"  # ends each request to an Apertium pipeline (ApertiumTranslator)
 
 
 @functools.lru_cache(maxsize=4)
@@ -55,7 +56,9 @@ class ApertiumTranslator:
     The mode file's programs are run directly in null-flush mode (``-z``): each request is the
     text in Apertium's stream format followed by NUL bytes, and each program flushes its output
     at a NUL. ``lt-proc -b`` (bilingual lookup) only releases a sentence when it reads the byte
-    after its NUL, so every request ends with two NULs and every answer ends with two.
+    after its NUL, and some pairs' taggers swallow one NUL (eng-cat's: 3 in, 2 out, where eng-spa
+    gives 3 out), so every request ends with three NULs, and how many end an answer is counted
+    once per pipeline start, on a probe word.
     """
 
     name = "apertium"
@@ -68,11 +71,23 @@ class ApertiumTranslator:
         self.command = ["bash", "-c", script, "apertium", "-n", ""]
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
+        self._answer_nuls = 2  # NULs that end an answer (counted at each start)
 
     def _start(self) -> subprocess.Popen:
         if self._process is None or self._process.poll() is not None:
-            self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                             stderr=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, start_new_session=True)
+            self._process = process
+            process.stdin.write(b"a" + REQUEST_END)
+            process.stdin.flush()
+            answer = self._read_answer(process, 2)
+            fd = process.stdout.fileno()
+            while select.select([fd], [], [], 0.3)[0]:  # the rest of the probe's NULs, if any
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise OSError("apertium exited")
+                answer += chunk
+            self._answer_nuls = answer.count(b"\0")
         return self._process
 
     def translate(self, text: str) -> str:
@@ -80,11 +95,11 @@ class ApertiumTranslator:
         if not text:
             return ""
         with self._lock:
-            process = self._start()
             try:
-                process.stdin.write(STREAM_SPECIAL.sub(r"\\\1", text).encode() + b"\0\0")
+                process = self._start()
+                process.stdin.write(STREAM_SPECIAL.sub(r"\\\1", text).encode() + REQUEST_END)
                 process.stdin.flush()
-                answer = self._read_answer(process)
+                answer = self._read_answer(process, self._answer_nuls).replace(b"\0", b"")
             except (OSError, TimeoutError):
                 self.close()  # a wedged or dead pipeline is restarted on the next request
                 raise
@@ -96,16 +111,16 @@ class ApertiumTranslator:
         return answer
 
     @staticmethod
-    def _read_answer(process: subprocess.Popen) -> bytes:
+    def _read_answer(process: subprocess.Popen, nuls: int) -> bytes:
         out = b""
         fd = process.stdout.fileno()
-        while out.count(b"\0") < 2:
+        while out.count(b"\0") < nuls:
             ready, _, _ = select.select([fd], [], [], TIMEOUT)
             chunk = os.read(fd, 65536) if ready else b""
             if not chunk:
                 raise TimeoutError("apertium did not answer") if not ready else OSError("apertium exited")
             out += chunk
-        return out.replace(b"\0", b"")
+        return out
 
     def close(self) -> None:
         process, self._process = self._process, None
