@@ -193,14 +193,15 @@ class LoadMonitor:
         self._at, self._cpu, self._udp = now, cpu, udp
 
     def _video_missed(self) -> float | None:
-        """Of the returned video frames due since the last sample, the fraction skipped."""
+        """Of the returned video frames due since the last sample, the fraction skipped (an
+        unchanged card held rather than re-sent counts as sent)."""
         sent = skipped = 0
         frames = {}
         for session in self.sessions():
             track = getattr(session, "video_out", None)
             if track is None or not hasattr(track, "skipped"):
                 continue
-            frames[session.id] = now = (track.sent, track.skipped)
+            frames[session.id] = now = (track.sent + getattr(track, "held", 0), track.skipped)
             before = self._frames.get(session.id, (0, 0))
             sent += now[0] - before[0]
             skipped += now[1] - before[1]

@@ -294,6 +294,7 @@ def test_registry_names_match_classes():
 
 async def test_video_track_skips_missed_frames_instead_of_bursting():
     track = SynthVideoTrack(LatestFrame(), lambda: [], fps=25)
+    track.source = lambda: np.zeros((240, 320, 3), np.uint8)  # a picture each tick (not the still card)
     first = await track.recv()
     time.sleep(0.5)  # the loop was starved for 12 frame periods
     late = await track.recv()
@@ -349,6 +350,23 @@ async def test_ring_chunks_are_consecutive_and_skip_to_the_present_when_overrun(
     assert not nxt.done()  # waits for audio that has not arrived
     ring.write(np.arange(400, 410, dtype=np.float32))
     assert (await asyncio.wait_for(nxt, 1))[0] == 400
+
+
+async def test_video_track_sends_an_unchanged_card_once_a_second_and_a_change_at_once():
+    items: list = []
+    track = SynthVideoTrack(LatestFrame(), lambda: items, fps=25)
+    loop = asyncio.get_running_loop()
+    first = await track.recv()
+    t0 = loop.time()
+    second = await track.recv()  # the same card: a second later
+    assert 0.9 < loop.time() - t0 < 1.3 and second.pts - first.pts == 90000
+    t0 = loop.time()
+    waiting = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.2)
+    items.append(Badge("female", 0.9, title="voice"))  # something new to show: the next tick
+    changed = await waiting
+    assert loop.time() - t0 < 0.4 and changed.to_ndarray(format="bgr24")[10:40, -60:-10].mean() < 150
+    assert track.sent == 3 and 24 <= track.held <= 30 and track.skipped == 0
 
 
 async def test_video_track_draws_on_the_cameras_yuv_picture_without_converting_it():

@@ -36,6 +36,7 @@ async def test_readings_follow_cpu_lag_and_late_video():
     raise their part; the load is the largest part."""
     metrics = Metrics()
     track = SynthVideoTrack(LatestFrame(), lambda: [], fps=25)
+    track.source = lambda: np.zeros((240, 320, 3), np.uint8)  # a picture each tick (not the still card)
     monitor = LoadMonitor(Settings(), metrics, lambda: [SimpleNamespace(id="s", video_out=track)])
     lag = asyncio.get_running_loop().create_task(metrics.monitor_loop_lag())
     try:

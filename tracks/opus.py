@@ -12,7 +12,6 @@ otherwise it sends frames like ``SpeechAudioTrack``.
 """
 from __future__ import annotations
 
-import asyncio
 import fractions
 from functools import lru_cache
 
@@ -85,7 +84,8 @@ class OpusSpeechTrack(SpeechAudioTrack):
             if self._quiet <= HANGOVER:
                 if self._codec is None:
                     self._codec = opus_encoder()
-                data = await asyncio.get_running_loop().run_in_executor(None, encode, self._codec, samples)
+                # ~0.2 ms, here on the tick: in the shared executor a frame waited behind video work
+                data = encode(self._codec, samples)
             elif (self._quiet - HANGOVER) % DTX_FRAMES == 1:
                 data = silence_packet()
             else:

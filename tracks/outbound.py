@@ -26,6 +26,7 @@ from tracks.overlay import Overlay
 OUT_RATE = 48000
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
 VIDEO_CLOCK = 90000
+STILL_INTERVAL = 1.0  # seconds between repeats of an unchanged card (no camera, nothing new drawn)
 MAX_LATE = 1.0  # seconds a paced track may be behind the clock before it stops catching up
 
 
@@ -155,7 +156,9 @@ def placeholder_card(width: int = 640, height: int = 360, text: str = "no camera
 
 class SynthVideoTrack(MediaStreamTrack):
     """The session's returned video. ``source`` may be replaced by a pipeline (e.g. an avatar
-    renderer): a callable returning a BGR ndarray, or None to fall back to the camera/card."""
+    renderer): a callable returning a BGR ndarray, or None to fall back to the camera/card.
+    Frames go out at ``fps``, except the card while nothing on it changes: once a second
+    (``STILL_INTERVAL``; a client without a camera costs no 25 encodes a second of a still)."""
 
     kind = "video"
 
@@ -173,14 +176,19 @@ class SynthVideoTrack(MediaStreamTrack):
         self._card = placeholder_card()
         self._cache_key = None
         self._cache_image: tuple[np.ndarray, str] | None = None
+        self._still = False
+        self._sent_pts = 0
         self.sent = 0
         self.tap: Callable[[VideoFrame], None] | None = None  # sees every sent frame (recording)
-        self.skipped = 0  # frames not sent because the track fell behind (server/load.py reads both)
+        self.skipped = 0  # frames not sent because the track fell behind (server/load.py reads all three)
+        self.held = 0  # frame periods the unchanged card was not re-sent (on purpose: not missed)
 
     def _compose(self) -> tuple[np.ndarray, str]:
         """The next picture and its layout: the camera's own decoded YUV 4:2:0 (drawn on as it is,
-        no colour conversion either way), else BGR (the card, a pipeline's source)."""
+        no colour conversion either way), else BGR (a pipeline's source). A picture that does not
+        change (the card, a paused camera) is kept as YUV 4:2:0, converted once."""
         items, now = self.overlay(), time.monotonic()
+        self._still = False  # the card again, unchanged
         image = self.source() if self.source else None
         if image is not None:
             self._cache_key = None
@@ -188,15 +196,18 @@ class SynthVideoTrack(MediaStreamTrack):
         frame = self.camera.take()
         key = (id(frame), Overlay.state(items, now))
         if key == self._cache_key and self._cache_image is not None:
+            self._still = frame is None
             return self._cache_image  # nothing changed since the last tick
-        if frame is None:
-            image, layout = self._card.copy(), "bgr24"
-        elif frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
-            image, layout = self.camera.to_array(frame, "yuv420p").copy(), "yuv420p"
+        if frame is not None and frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+            image = self._overlay.draw(self.camera.to_array(frame, "yuv420p").copy(), items, now, i420=True)
         else:
-            image, layout = self.camera.to_array(frame).copy(), "bgr24"
-        self._cache_key = key
-        self._cache_image = self._overlay.draw(image, items, now, i420=layout == "yuv420p"), layout
+            image = self._card.copy() if frame is None else self.camera.to_array(frame).copy()
+            image = self._overlay.draw(image, items, now)
+            if image.shape[0] % 2 or image.shape[1] % 2:
+                self._cache_key, self._cache_image = key, (image, "bgr24")
+                return self._cache_image
+            image = VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p").to_ndarray()
+        self._cache_key, self._cache_image = key, (image, "yuv420p")
         return self._cache_image
 
     async def recv(self) -> VideoFrame:
@@ -208,12 +219,20 @@ class SynthVideoTrack(MediaStreamTrack):
             # Starved of CPU: skip the missed frames rather than encode a burst of repeats.
             self._pts += int(late * self.fps) * step
             self.skipped += int(late * self.fps)
-        await self._pacer.wait(self._pts)
-        # Colour conversion and drawing release the GIL: keep them off the event loop.
-        image, layout = await asyncio.get_running_loop().run_in_executor(None, self._compose)
+        while True:
+            await self._pacer.wait(self._pts)
+            # Colour conversion and drawing release the GIL: keep them off the event loop.
+            image, layout = await asyncio.get_running_loop().run_in_executor(None, self._compose)
+            if not self._still or self._pts - self._sent_pts >= STILL_INTERVAL * VIDEO_CLOCK:
+                break
+            self._pts += step  # the card, unchanged: sent once a second, not encoded 25 times
+            self.held += 1
+            if self.readyState != "live":
+                raise MediaStreamError
         frame = VideoFrame.from_ndarray(image, format=layout)
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self._sent_pts = self._pts
         self._pts += step
         self.sent += 1
         if self.on_frame:
