@@ -72,7 +72,7 @@ def burst_latencies(client: StreamClient, sent: list[float]) -> list[float]:
 
 
 async def run_rooms(url: str, rooms: int, clips: list[np.ndarray], speak: str = "en",
-                    third: str | None = None) -> dict:
+                    third: str | None = None, avatar: bool | None = None) -> dict:
     pairs, thirds = [], []
     hear = "es" if speak == "en" else "en"
     slots = 1 if third is None else 2  # receive slots: one per other participant
@@ -80,17 +80,17 @@ async def run_rooms(url: str, rooms: int, clips: list[np.ndarray], speak: str = 
         room = f"bench-{rooms}-{i}-{time.monotonic_ns()}"
         listener = StreamClient(url, ["translation"], {"translation": {"source": hear, "target": speak}},
                                 receive_slots=slots)
-        listener.body = {"room": room, "display_name": "listener"}
+        listener.body = {"room": room, "display_name": "listener", "avatar": avatar}
         await listener.connect(ArrayAudioTrack(np.zeros(RATE, np.float32), RATE, loop=True))
         if third is not None:  # no pipeline: hears the others in its language
             other = StreamClient(url, [], receive_slots=slots)
-            other.body = {"room": room, "display_name": "third", "hear": third}
+            other.body = {"room": room, "display_name": "third", "hear": third, "avatar": avatar}
             other.keep_frames = 100_000
             await other.connect(ArrayAudioTrack(np.zeros(RATE, np.float32), RATE, loop=True))
             thirds.append(other)
         speaker = StreamClient(url, ["translation"], {"translation": {"source": speak, "target": hear}},
                                receive_slots=slots)
-        speaker.body = {"room": room, "display_name": "speaker"}
+        speaker.body = {"room": room, "display_name": "speaker", "avatar": avatar}
         listener.keep_frames = speaker.keep_frames = 100_000
         pairs.append((speaker, listener, SentenceTrack(clips)))
     await asyncio.gather(*(s.connect(track) for s, _, track in pairs))
@@ -115,6 +115,9 @@ async def main() -> None:
     parser.add_argument("--sentences", type=int, default=3, help="sentences each speaker says")
     parser.add_argument("--speak", choices=("en", "es"), default="en",
                         help="the speaker's language (the listener hears the other of the two)")
+    parser.add_argument("--no-avatar", action="store_true",
+                        help="no talking-head stand-ins (the participants send no camera: by default each is "
+                             "shown to the others as a talking head, rendered at 25 fps)")
     parser.add_argument("--third", default=None,
                         help="a third participant per room hearing this language (e.g. fr with --speak es)")
     args = parser.parse_args()
@@ -131,9 +134,10 @@ async def main() -> None:
     async with server:
         while not (await http_get(f"{server.url}/health"))["ready"]:  # the models are loaded
             await asyncio.sleep(1)
-        await run_rooms(server.url, 1, clips[:1], args.speak, args.third)  # warm-up: first inferences, connections
+        avatar = False if args.no_avatar else None
+        await run_rooms(server.url, 1, clips[:1], args.speak, args.third, avatar)  # warm-up: first inferences, connections
         for rooms in harness.int_list(args.rooms):
-            result = await run_rooms(server.url, rooms, clips, args.speak, args.third)
+            result = await run_rooms(server.url, rooms, clips, args.speak, args.third, avatar)
             ms = [round(x * 1000) for x in result["listener"]]
             own = [round(x * 1000) for x in result["speaker"]]
             pct = lambda values, q: f"{harness.pct(values, q):.0f}" if values else "-"  # noqa: E731
@@ -143,6 +147,7 @@ async def main() -> None:
                         + ([str(result["third_captions"]), str(len(third)), pct(third, 50), pct(third, 95)]
                            if args.third else []))
     print(f"rooms bench, commit {harness.git_commit()}, speaker speaks {args.speak}"
+          + (", no talking-head stand-ins" if args.no_avatar else "")
           + (f", third participant hears {args.third}" if args.third else "") + "\n")
     print("end of sentence -> its translated speech heard, ms")
     print(harness.markdown_table([f"rooms of {3 if args.third else 2}", "sentences", "captions at the listener",

@@ -11,7 +11,9 @@ stopped, and made again when someone does):
 * ``None``, the voice: lips driven by the participant's own voice (the newest 40 ms of their
   microphone), for listeners who hear them untranslated;
 * a language: lips driven by their speech translated into it, for listeners who hear that
-  language (``Room`` routes it, ``speak``). A ``SpeechTimeline`` plays each translated utterance
+  language (``Room`` routes it, ``speak``).
+
+While nothing is said, a talking head is rendered 5 times a second, not 25 (``QuietRate``). A ``SpeechTimeline`` plays each translated utterance
   on the server's clock as it is routed (after the one before), as the listener's audio track
   does when nothing else is queued on it; the lips read 40 ms around *now* of it.
 """
@@ -34,6 +36,32 @@ from tracks.outbound import SynthVideoTrack
 log = logging.getLogger(__name__)
 
 MAX_SECONDS = 60.0  # translated speech kept ahead of now, at most
+QUIET_FPS = 5.0  # frames a second of a talking head whose lips have nothing to say (blinks, sway)
+QUIET_LEVEL = 1e-3  # peak of the driving audio under which the lips are still
+
+
+class QuietRate:
+    """A talking head's frames: rendered every tick while there is speech in its driving window,
+    ``fps`` a second while there is none (the same picture handed again in between, which the
+    video track holds rather than re-sends)."""
+
+    def __init__(self, render, window, fps: float = QUIET_FPS, clock=time.monotonic):
+        self.render, self.window, self.interval, self.clock = render, window, 1.0 / fps, clock
+        self._last: np.ndarray | None = None
+        self._at = -1e9
+        self.rendered = 0
+
+    def __call__(self) -> np.ndarray | None:
+        now = self.clock()
+        samples, _ = self.window()
+        quiet = len(samples) == 0 or float(np.max(np.abs(samples))) < QUIET_LEVEL
+        if self._last is None or not quiet or now - self._at >= self.interval:
+            image = self.render()
+            if image is None:
+                return self._last
+            self._last, self._at = image, now
+            self.rendered += 1
+        return self._last
 
 
 class SpeechTimeline:
@@ -122,9 +150,9 @@ class StandIn:
             track = SynthVideoTrack(LatestFrame(), lambda: [], fps=self.session.settings.video_fps)
             if self._ticker is not None:
                 self._ticker.add(avatar)
-                track.source = avatar.batched_frame
+                track.source = QuietRate(avatar.batched_frame, window)
             else:
-                track.source = avatar.render
+                track.source = QuietRate(avatar.render, window)
             self._avatars[language], self.tracks[language] = avatar, track
         return track
 

@@ -369,6 +369,21 @@ async def test_video_track_sends_an_unchanged_card_once_a_second_and_a_change_at
     assert track.sent == 3 and 24 <= track.held <= 30 and track.skipped == 0
 
 
+async def test_video_track_holds_a_source_picture_handed_again():
+    pictures = [np.zeros((240, 320, 3), np.uint8)]
+    track = SynthVideoTrack(LatestFrame(), lambda: [], fps=25)
+    track.source = lambda: pictures[-1]
+    loop = asyncio.get_running_loop()
+    await track.recv()
+    t0 = loop.time()
+    waiting = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # the same array: held, not re-sent
+    pictures.append(np.full((240, 320, 3), 255, np.uint8))
+    assert (await waiting).to_ndarray(format="bgr24").mean() > 200 and loop.time() - t0 < 0.5
+    assert track.sent == 2 and track.held >= 6
+
+
 async def test_video_track_draws_on_the_cameras_yuv_picture_without_converting_it():
     camera = LatestFrame()
     track = SynthVideoTrack(camera, lambda: [Badge("male", 0.8, title="voice")], fps=25)

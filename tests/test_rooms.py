@@ -307,6 +307,23 @@ async def test_a_participant_without_camera_is_shown_as_a_talking_head(media_ser
     assert min(darks) < 0.05 * mouth_area(rig), darks
 
 
+def test_a_silent_talking_head_is_rendered_five_times_a_second():
+    from server.standin import QuietRate
+
+    now, audio = [0.0], [np.zeros(640, np.float32)]
+    rate = QuietRate(lambda: np.zeros((4, 4, 3), np.uint8), lambda: (audio[0], 16000), clock=lambda: now[0])
+    frames = []
+    for _ in range(25):  # one second of ticks, silent
+        frames.append(rate())
+        now[0] += 0.04
+    assert rate.rendered == 5 and len({id(f) for f in frames}) == 5
+    audio[0] = np.full(640, 0.2, np.float32)  # speech in the lips' window: every tick
+    for _ in range(10):
+        rate()
+        now[0] += 0.04
+    assert rate.rendered == 15
+
+
 def test_translated_speech_drives_the_stand_in():
     """The translated avatar's lips read routed speech on the server's clock: an utterance plays
     from now, the next after it, and nothing after the last."""

@@ -157,8 +157,9 @@ def placeholder_card(width: int = 640, height: int = 360, text: str = "no camera
 class SynthVideoTrack(MediaStreamTrack):
     """The session's returned video. ``source`` may be replaced by a pipeline (e.g. an avatar
     renderer): a callable returning a BGR ndarray, or None to fall back to the camera/card.
-    Frames go out at ``fps``, except the card while nothing on it changes: once a second
-    (``STILL_INTERVAL``; a client without a camera costs no 25 encodes a second of a still)."""
+    Frames go out at ``fps``, except a still picture: the card while nothing on it changes, or
+    the very array a source handed the tick before, goes out once a second (``STILL_INTERVAL``;
+    a client without a camera costs no 25 encodes a second of a still)."""
 
     kind = "video"
 
@@ -178,6 +179,7 @@ class SynthVideoTrack(MediaStreamTrack):
         self._cache_image: tuple[np.ndarray, str] | None = None
         self._still = False
         self._sent_pts = 0
+        self._source_image: np.ndarray | None = None
         self.sent = 0
         self.tap: Callable[[VideoFrame], None] | None = None  # sees every sent frame (recording)
         self.skipped = 0  # frames not sent because the track fell behind (server/load.py reads all three)
@@ -188,11 +190,16 @@ class SynthVideoTrack(MediaStreamTrack):
         no colour conversion either way), else BGR (a pipeline's source). A picture that does not
         change (the card, a paused camera) is kept as YUV 4:2:0, converted once."""
         items, now = self.overlay(), time.monotonic()
-        self._still = False  # the card again, unchanged
+        self._still = False  # the card, or a source's picture, again and unchanged
         image = self.source() if self.source else None
         if image is not None:
-            self._cache_key = None
-            return self._overlay.draw(np.array(image, copy=True), items, now), "bgr24"
+            key = ("source", id(image), Overlay.state(items, now))
+            if key == self._cache_key and self._cache_image is not None:
+                self._still = True
+                return self._cache_image  # the source handed the same picture again
+            self._cache_key, self._source_image = key, image  # (held: its id stays its own)
+            self._cache_image = self._overlay.draw(np.array(image, copy=True), items, now), "bgr24"
+            return self._cache_image
         frame = self.camera.take()
         key = (id(frame), Overlay.state(items, now))
         if key == self._cache_key and self._cache_image is not None:
