@@ -8,8 +8,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from client import PatternVideoTrack, StreamClient
 from pipelines.emotion.pipeline import overlay as emotion_overlay
-from tracks.overlay import (ELLIPSIS, FADE, Badge, Chat, Layout, Overlay, Subtitle, font, opacity,
-                            subtitle_lines, text_width, wrap, wrap_tail)
+from tracks.overlay import FADE, Badge, Chat, Layout, Overlay, Subtitle, opacity, subtitle_lines
+from tracks.text import ELLIPSIS, font, text_width, wrap, wrap_tail
 
 SIZES = [(320, 240), (640, 480), (1280, 720), (512, 512)]
 # words of several scripts and lengths, and words far longer than a line
