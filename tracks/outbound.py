@@ -177,7 +177,7 @@ class SynthVideoTrack(MediaStreamTrack):
         self._card = placeholder_card()
         self._cache_key = None
         self._cache_image: tuple[np.ndarray, str] | None = None
-        self._still = False
+        self._still = False  # the last picture composed is one to hold (see _compose)
         self._sent_pts = 0
         self._source_image: np.ndarray | None = None
         self.sent = 0
@@ -190,31 +190,29 @@ class SynthVideoTrack(MediaStreamTrack):
         no colour conversion either way), else BGR (a pipeline's source). A picture that does not
         change (the card, a paused camera) is kept as YUV 4:2:0, converted once."""
         items, now = self.overlay(), time.monotonic()
-        self._still = False  # the card, or a source's picture, again and unchanged
         image = self.source() if self.source else None
+        frame = self.camera.take() if image is None else None
+        key = (id(image), id(frame), Overlay.state(items, now))
+        unchanged = key == self._cache_key and self._cache_image is not None
+        # Held rather than re-sent: the same array from a source, or the card (a camera frame
+        # seen again is re-sent: the camera may only be late)
+        self._still = unchanged and (image is not None or frame is None)
+        if unchanged:
+            return self._cache_image
+        self._cache_key, self._source_image = key, image  # (the array kept: its id stays its own)
         if image is not None:
-            key = ("source", id(image), Overlay.state(items, now))
-            if key == self._cache_key and self._cache_image is not None:
-                self._still = True
-                return self._cache_image  # the source handed the same picture again
-            self._cache_key, self._source_image = key, image  # (held: its id stays its own)
             self._cache_image = self._overlay.draw(np.array(image, copy=True), items, now), "bgr24"
             return self._cache_image
-        frame = self.camera.take()
-        key = (id(frame), Overlay.state(items, now))
-        if key == self._cache_key and self._cache_image is not None:
-            self._still = frame is None
-            return self._cache_image  # nothing changed since the last tick
         if frame is not None and frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
             image = self._overlay.draw(self.camera.to_array(frame, "yuv420p").copy(), items, now, i420=True)
         else:
             image = self._card.copy() if frame is None else self.camera.to_array(frame).copy()
             image = self._overlay.draw(image, items, now)
             if image.shape[0] % 2 or image.shape[1] % 2:
-                self._cache_key, self._cache_image = key, (image, "bgr24")
+                self._cache_image = image, "bgr24"
                 return self._cache_image
             image = VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p").to_ndarray()
-        self._cache_key, self._cache_image = key, (image, "yuv420p")
+        self._cache_image = image, "yuv420p"
         return self._cache_image
 
     async def recv(self) -> VideoFrame:
