@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from bench import harness  # noqa: E402
 from bench.harness import RESULTS  # noqa: E402
 from client import StreamClient  # noqa: E402
-from server.transports.webrtc import release_audio_early  # noqa: E402
+from media.codecs import release_audio_early  # noqa: E402
 from talking_head_client import AvatarClient  # noqa: E402
 from testing.media import vowel  # noqa: E402
 from testing.server import ServerProcess  # noqa: E402

@@ -8,10 +8,50 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import av
 import numpy as np
 from scipy.signal import resample_poly
 
 SAMPLE_RATE = 16000  # what pipelines read from AudioRing
+# libswresample downmixes to mono with each channel at -3 dB ((L + R) x 0.7071 for stereo): a
+# stereo copy of a mono voice would come out 1.41x louder than the voice. Its output is scaled
+# back by these gains, so that channels are averaged; other layouts are averaged in numpy.
+DOWNMIX_GAIN = {"mono": 1.0, "stereo": float(np.sqrt(0.5))}
+
+
+class MonoResampler:
+    """PyAV audio frames (any rate, format and layout) -> mono float32 at ``rate``, channels
+    averaged. Stateful (it keeps the filter's history): one per stream. ``flush()`` returns the
+    samples still held at the end of a stream."""
+
+    def __init__(self, rate: int = SAMPLE_RATE):
+        self.rate = rate
+        self._resampler: av.AudioResampler | None = None
+        self._layout: str | None = None
+        self._gain: float | None = None
+
+    def __call__(self, frame: av.AudioFrame) -> np.ndarray:
+        if self._resampler is None or frame.layout.name != self._layout:
+            self._layout = frame.layout.name
+            self._gain = DOWNMIX_GAIN.get(self._layout)
+            # mono and stereo: swresample's own downmix (half the time of averaging in numpy)
+            self._resampler = av.AudioResampler(format="flt" if self._gain else "fltp",
+                                                layout="mono" if self._gain else self._layout, rate=self.rate)
+        return self._convert(self._resampler.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        return self._convert(self._resampler.resample(None)) if self._resampler else np.zeros(0, np.float32)
+
+    def _convert(self, frames: list[av.AudioFrame]) -> np.ndarray:
+        if self._gain is None:
+            parts = [f.to_ndarray().mean(axis=0) for f in frames]
+        else:
+            parts = [f.to_ndarray().reshape(-1) for f in frames]
+        out = (parts[0] if len(parts) == 1 else np.concatenate(parts)) if parts else np.zeros(0, np.float32)
+        out = out.astype(np.float32, copy=False)
+        if self._gain not in (None, 1.0):
+            out *= self._gain  # (a fresh array: PyAV's to_ndarray copies)
+        return out
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -40,18 +80,15 @@ def decode(source: str | Path | bytes, rate: int = SAMPLE_RATE, format: str | No
     file's own rate). Raises ``ValueError`` for what cannot be decoded, and for a file whose
     declared rate is outside ``source_rates``, checked before anything is decoded (a header
     claiming 1 Hz would otherwise resample into gigabytes)."""
-    import av
-
     try:
         with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source), format=format) as container:
             stream = container.streams.audio[0]
             if not source_rates[0] <= (stream.rate or 0) <= source_rates[1]:
                 raise ValueError(f"unsupported sample rate {stream.rate} Hz "
                                  f"({source_rates[0]}-{source_rates[1]})")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            parts = [f.to_ndarray().reshape(-1) for frame in container.decode(stream)
-                     for f in resampler.resample(frame)]
-            parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+            resampler = MonoResampler(rate)
+            parts = [resampler(frame) for frame in container.decode(stream)]
+            parts.append(resampler.flush())
             source_rate = stream.rate
     except (av.FFmpegError, IndexError, AttributeError) as exc:  # AttributeError: a stream with no codec
         raise ValueError(f"unreadable audio ({exc})") from None

@@ -1,5 +1,9 @@
-"""The VP8 encoder of the returned video: the one place where the server changes settings that
-aiortc keeps in private code.
+"""The one place where the server changes what aiortc keeps in private code: the VP8 encoder of
+the returned video, and how an inbound audio track is received (``release_audio_early``: its
+jitter buffer; ``decode_audio_inline``: its decoder thread). ``tests/test_capacity.py`` fails when an aiortc upgrade
+moves any of it.
+
+The encoder.
 
 aiortc's ``Vp8Encoder.encode`` (aiortc/codecs/vpx.py) creates its libvpx context on the first
 frame, and again when the frame size changes or the target bitrate moves by more than 10%, with
@@ -15,16 +19,29 @@ encoder's time and *lowers* PSNR against what the camera sent by about 1 dB at t
 smooths the picture); ``cpu-used`` -12 saves another fifth within 0.2 dB. Without the denoiser the
 picture stops gaining from bits early, so the bitrate is capped by the frame size. At 320x240,
 where aiortc's settings reach 1.5 Mbps: 0.73 instead of 1.98 ms per frame, 34.9 instead of
-35.3 dB, 250 kbps instead of 1.5 Mbps. ``tests/test_capacity.py`` fails when an aiortc upgrade
-moves any of this.
+35.3 dB, 250 kbps instead of 1.5 Mbps.
+
+Inbound audio. aiortc decodes every track on a thread of its own: each 20 ms Opus packet goes to
+the thread and its audio comes back to the event loop as a task that puts it on the track's
+queue, two thread hops and a task for ~30 µs of decoding, 50 times a second per session.
+``decode_audio_inline`` decodes audio right where aiortc hands over the packet, on the loop,
+and puts it on the track's queue itself; aiortc's decoder thread is still started, and waits idle
+until the receiver stops (then it ends the track, as before). Video keeps aiortc's thread (a
+frame is 0.3-1.5 ms of decoding, which releases the GIL).
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import multiprocessing
+import queue
+import threading
 
 import av
-from aiortc import rtcrtpsender
+from aiortc import rtcrtpreceiver, rtcrtpsender
 from aiortc.codecs import vpx
+
+log = logging.getLogger(__name__)
 
 # The options aiortc 1.16 sets in Vp8Encoder.encode (bitrate-derived ones filled in per context).
 AIORTC_OPTIONS = {
@@ -112,3 +129,61 @@ def get_encoder(codec):
 def install() -> None:
     """aiortc's RTP senders in this process encode VP8 with ``RealtimeVp8Encoder`` (idempotent)."""
     rtcrtpsender.get_encoder = get_encoder
+
+
+# --- inbound audio ------------------------------------------------------------------------------
+class InlineDecoding:
+    """In place of an audio receiver's decoder queue (aiortc's ``put((codec, encoded_frame))`` on
+    the loop, ``put(None)`` when it stops; its thread's ``get()``): decodes on ``put``, with the
+    decoder aiortc would choose, straight onto the track's queue."""
+
+    def __init__(self, track_queue: asyncio.Queue):
+        self.output = track_queue
+        self.decoded = 0  # frames
+        self._stopped = threading.Event()
+        self._decoder = None
+        self._codec_name: str | None = None
+
+    def put(self, task) -> None:
+        if task is None:
+            self._stopped.set()  # aiortc's thread wakes, ends the track and exits
+            return
+        codec, encoded_frame = task
+        if codec.name != self._codec_name:
+            self._decoder, self._codec_name = rtcrtpreceiver.get_decoder(codec), codec.name
+        try:
+            frames = self._decoder.decode(encoded_frame)
+        except av.FFmpegError as exc:  # as aiortc's thread does: skip it, keep the decoder's state
+            log.warning("failed to decode %s audio: %s", codec.name, exc)
+            return
+        for frame in frames:
+            self.output.put_nowait(frame)
+            self.decoded += 1
+
+    def get(self) -> None:
+        self._stopped.wait()
+        return None
+
+
+def release_audio_early(receiver) -> bool:
+    """aiortc's audio jitter buffer holds 4 packets (80 ms) for reordering before it releases
+    one. The server analyses audio rather than playing it, and every pipeline's latency starts
+    here: each packet is released as soon as the next one arrives (20 ms)."""
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if not hasattr(buffer, "_prefetch"):
+        return False
+    buffer._prefetch = 1
+    return True
+
+
+def decode_audio_inline(receiver) -> bool:
+    """Before an audio receiver starts: its packets are decoded on the loop (``InlineDecoding``).
+    Returns False, changing nothing, where aiortc's private attributes are not what this
+    expects (``tests/test_capacity.py`` fails then)."""
+    decoder_queue = getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)
+    track_queue = getattr(getattr(receiver, "_track", None), "_queue", None)
+    if (not isinstance(decoder_queue, queue.Queue) or not isinstance(track_queue, asyncio.Queue)
+            or getattr(receiver, "_RTCRtpReceiver__decoder_thread", True) is not None):  # not started
+        return False
+    receiver._RTCRtpReceiver__decoder_queue = InlineDecoding(track_queue)
+    return True

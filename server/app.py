@@ -3,6 +3,7 @@ the pipelines' own routes), its sessions over every transport, and the models it
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from pathlib import Path
@@ -154,6 +155,11 @@ class MediaServer:
                 await self.models.shared(PIPELINES[name])
             except Exception:  # sessions will retry and report the error on their data channel
                 log.exception("could not load the models of pipeline %s", name)
+        # What exists now (modules, models) lives as long as the server: out of the cyclic
+        # collector's sight, its full collections walk only what sessions make. They walked
+        # everything imported: 2.0% of the CPU samples of a server with 6 gender sessions
+        # (perf), 0.1% after.
+        gc.freeze()
         self.ready = True
 
     async def _on_shutdown(self, app) -> None:

@@ -91,6 +91,73 @@ def test_aiortc_vp8_encoder_is_where_media_codecs_expects_it():
     assert rtcrtpsender.get_encoder in (codecs.get_encoder, codecs._aiortc_get_encoder)
 
 
+def test_aiortc_audio_receiver_is_where_media_codecs_expects_it():
+    """Fails when an aiortc upgrade moves what decode_audio_inline and release_audio_early
+    replace (media/codecs.py): the receiver's decoder queue, how its packets reach it, and how
+    its decoder thread reads it and ends the track."""
+    import inspect
+
+    from aiortc import rtcrtpreceiver
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    from media import codecs
+
+    handle = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__decoder_queue.put((codec, encoded_frame))" in handle
+    assert "self.__decoder_queue.put(None)" in inspect.getsource(RTCRtpReceiver._RTCRtpReceiver__stop_decoder)
+    worker = inspect.getsource(rtcrtpreceiver.decoder_worker)
+    for line in ("task = input_q.get()", "if task is None:", "output_q.put(None)", "get_decoder(codec)",
+                 "decoder.decode(encoded_frame)"):
+        assert line in worker, line
+    assert "self.__decoder_queue," in inspect.getsource(RTCRtpReceiver.receive)
+
+    class Transport:  # what the receiver's constructor reads of a DTLS transport
+        state = "new"
+        _register_rtp_receiver = _unregister_rtp_receiver = None
+
+        def _send_rtp(self, data):
+            pass
+
+    receiver = RTCRtpReceiver("audio", Transport())
+    receiver._track = rtcrtpreceiver.RemoteStreamTrack(kind="audio")  # as setRemoteDescription does
+    assert codecs.release_audio_early(receiver)
+    assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == 1
+    assert codecs.decode_audio_inline(receiver)
+    assert isinstance(receiver._RTCRtpReceiver__decoder_queue, codecs.InlineDecoding)
+    assert not codecs.decode_audio_inline(receiver)  # once, and only before it starts
+
+
+async def test_inline_audio_decoding_puts_frames_on_the_track_and_ends_it_on_stop():
+    import fractions
+    import threading
+
+    import av
+    from aiortc.codecs import get_capabilities
+    from aiortc.jitterbuffer import JitterFrame
+
+    from media import codecs
+    from tracks.opus import encode, opus_encoder
+
+    opus = next(c for c in get_capabilities("audio").codecs if c.mimeType == "audio/opus")
+    track_queue: asyncio.Queue = asyncio.Queue()
+    decoding = codecs.InlineDecoding(track_queue)
+    worker = threading.Thread(target=decoding.get)  # as aiortc's decoder thread waits on it
+    worker.start()
+    encoder = opus_encoder()
+    for i in range(5):
+        tone = (np.sin(np.arange(960) * 0.05 + i) * 8000).astype(np.int16)
+        decoding.put((opus, JitterFrame(data=encode(encoder, tone), timestamp=i * 960)))
+    decoding.put((opus, JitterFrame(data=b"\xff" * 3, timestamp=5 * 960)))  # not Opus: skipped, logged
+    frames = [track_queue.get_nowait() for _ in range(track_queue.qsize())]
+    assert len(frames) == decoding.decoded == 5
+    assert all(isinstance(f, av.AudioFrame) and f.sample_rate == 48000 and f.samples == 960 for f in frames)
+    assert frames[-1].pts == 4 * 960 and frames[-1].time_base == fractions.Fraction(1, 48000)
+    assert worker.is_alive()
+    decoding.put(None)  # the receiver stops: its thread wakes and ends the track
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+
+
 def test_realtime_vp8_encoder_uses_its_options_and_aiortc_keeps_its_context(monkeypatch):
     import fractions
 

@@ -14,8 +14,8 @@ from pipelines import PIPELINES
 from pipelines.base import OptionError, Pipeline
 from server.config import Settings, parse_settings
 from server.ice import restrict_ice_hosts
+from media.audio import MonoResampler
 from media.buffers import AudioOverrun, AudioRing, LatestFrame
-from tracks.inbound import AudioResampler
 from tracks.outbound import FRAME_SAMPLES, OUT_RATE, SpeechAudioTrack, SynthVideoTrack, resample
 from tracks.overlay import Badge
 
@@ -80,7 +80,7 @@ def test_inbound_resampler_gives_16k_mono_float(rate, layout):
     tone = _tone(440, rate)
     channels = 2 if layout == "stereo" else 1
     pcm = (np.repeat(tone[None, :], channels, axis=0) * 32767).astype(np.int16)
-    resampler = AudioResampler()
+    resampler = MonoResampler()
     out = []
     for start in range(0, len(tone), rate // 50):  # 20 ms frames, as WebRTC delivers them
         chunk = pcm[:, start:start + rate // 50]
@@ -92,6 +92,30 @@ def test_inbound_resampler_gives_16k_mono_float(rate, layout):
     assert abs(len(out) - 16000) < 400  # 1 s, give or take the resampler's delay
     assert abs(_peak_hz(out, 16000) - 440) < 3
     assert 0.3 < np.abs(out[2000:]).max() < 0.6
+
+
+def test_mono_resampler_averages_channels_whatever_the_layout():
+    """Stereo goes through swresample's downmix scaled back, other layouts through numpy: both are
+    the mean of the channels, resampled (the same as resampling the mean)."""
+    rate, n = 48000, 4800
+    left, right = _tone(440, rate)[:n], 0.5 * _tone(1000, rate)[:n]
+    mean = (left + right) / 2
+
+    def run(pcm, layout):
+        resampler, out = MonoResampler(), []
+        for start in range(0, n, 960):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + 960]), format="fltp",
+                                               layout=layout)
+            frame.sample_rate = rate
+            out.append(resampler(frame))
+        return np.concatenate(out + [resampler.flush()])
+
+    expected = run(mean[None, :].astype(np.float32), "mono")
+    stereo = run(np.stack([left, right]).astype(np.float32), "stereo")
+    quad = run(np.stack([left, right, left, right]).astype(np.float32), "quad")
+    assert len(expected) == len(stereo) == len(quad) == 1600
+    np.testing.assert_allclose(stereo, expected, atol=1e-5)
+    np.testing.assert_allclose(quad, expected, atol=1e-5)
 
 
 def test_outbound_resample_keeps_pitch_and_length():
@@ -382,6 +406,30 @@ async def test_video_track_holds_a_source_picture_handed_again():
     pictures.append(np.full((240, 320, 3), 255, np.uint8))
     assert (await waiting).to_ndarray(format="bgr24").mean() > 200 and loop.time() - t0 < 0.5
     assert track.sent == 2 and track.held >= 6
+
+
+async def test_small_camera_pictures_are_drawn_on_the_loop_and_the_same_as_on_a_worker(monkeypatch):
+    import tracks.outbound
+
+    loop = asyncio.get_running_loop()
+    hops = []
+    run_in_executor = loop.run_in_executor
+    monkeypatch.setattr(loop, "run_in_executor", lambda *a: hops.append(a) or run_in_executor(*a))
+    rng = np.random.default_rng(0)
+    yuv = av.VideoFrame.from_ndarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8),
+                                     format="bgr24").reformat(format="yuv420p")
+    original = yuv.to_ndarray(format="yuv420p")
+    pictures = []
+    for inline_pixels in (320 * 240, 320 * 240 - 1):  # on the loop, then on a worker
+        monkeypatch.setattr(tracks.outbound, "INLINE_PIXELS", inline_pixels)
+        camera = LatestFrame()
+        track = SynthVideoTrack(camera, lambda: [Badge("male", 0.8, title="voice")], fps=25)
+        camera.put(yuv)
+        pictures.append((await track.recv()).to_ndarray(format="yuv420p"))
+    assert len(hops) == 1  # the second track only
+    np.testing.assert_array_equal(pictures[0], pictures[1])
+    assert (pictures[0] != original).any()  # the badge was drawn
+    np.testing.assert_array_equal(yuv.to_ndarray(format="yuv420p"), original)  # on a copy, not on the camera's frame
 
 
 async def test_video_track_draws_on_the_cameras_yuv_picture_without_converting_it():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
+from media import codecs
 from testing.media import espeak, load_audio
 from testing.net import assert_loopback, http_get, server_pair
 
@@ -279,5 +280,8 @@ async def test_inbound_audio_is_released_without_reordering_delay(media_server):
         receivers = [t.receiver for t in session.pc.getTransceivers() if t.kind == "audio"]
         assert receivers and all(r._RTCRtpReceiver__jitter_buffer._prefetch == 1 for r in receivers)
         await wait_until(lambda: session.audio.end > 8000)
+        # decoded on the loop (media/codecs.py), not on aiortc's decoder thread
+        decoding = [r._RTCRtpReceiver__decoder_queue for r in receivers]
+        assert all(isinstance(d, codecs.InlineDecoding) and d.decoded >= 25 for d in decoding)
     finally:
         await client.close()

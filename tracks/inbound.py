@@ -8,35 +8,15 @@ from __future__ import annotations
 from typing import Callable
 
 import av
-import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media.audio import SAMPLE_RATE
+from media.audio import MonoResampler
 from media.buffers import AudioRing, LatestFrame
-
-
-class AudioResampler:
-    """Any PyAV audio frame -> 16 kHz mono float32 samples (stateful: keeps filter history).
-
-    Channels are averaged here rather than by libswresample, whose downmix adds them at -3 dB
-    (a stereo copy of a mono voice would come out 1.41x louder than the voice)."""
-
-    def __init__(self, rate: int = SAMPLE_RATE):
-        self.rate = rate
-        self._resampler: av.AudioResampler | None = None
-        self._layout = None
-
-    def __call__(self, frame: av.AudioFrame) -> np.ndarray:
-        if self._resampler is None or frame.layout.name != self._layout:
-            self._layout = frame.layout.name
-            self._resampler = av.AudioResampler(format="fltp", layout=self._layout, rate=self.rate)
-        out = [f.to_ndarray().mean(axis=0) for f in self._resampler.resample(frame)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)
 
 
 async def read_audio(track: MediaStreamTrack, ring: AudioRing, on_frame: Callable[[], None],
                      tap: Callable[[av.AudioFrame], None] | None = None) -> None:
-    resampler = AudioResampler(ring.sample_rate)
+    resampler = MonoResampler(ring.sample_rate)
     while True:
         try:
             frame = await track.recv()

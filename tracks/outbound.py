@@ -22,11 +22,16 @@ from av import AudioFrame, VideoFrame
 
 from media.audio import from_pcm16, resample, to_pcm16
 from tracks.overlay import Overlay
+from tracks.sprites import i420_copy
 
 OUT_RATE = 48000
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
 VIDEO_CLOCK = 90000
 STILL_INTERVAL = 1.0  # seconds between repeats of an unchanged card (no camera, nothing new drawn)
+# A camera picture up to this size is drawn on right on the event loop (a copy of its planes and
+# a sprite blended: 0.1-0.2 ms, about what the hop to a worker thread and back costs); larger
+# ones, colour conversions and pipelines' pictures go to a worker thread.
+INLINE_PIXELS = 640 * 480
 MAX_LATE = 1.0  # seconds a paced track may be behind the clock before it stops catching up
 
 
@@ -185,6 +190,16 @@ class SynthVideoTrack(MediaStreamTrack):
         self.skipped = 0  # frames not sent because the track fell behind (server/load.py reads all three)
         self.held = 0  # frame periods the unchanged card was not re-sent (on purpose: not missed)
 
+    @staticmethod
+    def _i420(frame) -> bool:
+        return (frame is not None and frame.format.name == "yuv420p" and frame.width % 2 == 0
+                and frame.height % 2 == 0)
+
+    def _inline(self) -> bool:
+        """Whether the next picture is a camera frame cheap enough to draw on the loop."""
+        frame = self.camera.frame
+        return self.source is None and self._i420(frame) and frame.width * frame.height <= INLINE_PIXELS
+
     def _compose(self) -> tuple[np.ndarray, str]:
         """The next picture and its layout: the camera's own decoded YUV 4:2:0 (drawn on as it is,
         no colour conversion either way), else BGR (a pipeline's source). A picture that does not
@@ -203,8 +218,8 @@ class SynthVideoTrack(MediaStreamTrack):
         if image is not None:
             self._cache_image = self._overlay.draw(np.array(image, copy=True), items, now), "bgr24"
             return self._cache_image
-        if frame is not None and frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
-            image = self._overlay.draw(self.camera.to_array(frame, "yuv420p").copy(), items, now, i420=True)
+        if self._i420(frame):
+            image = self._overlay.draw(i420_copy(frame), items, now, i420=True)
         else:
             image = self._card.copy() if frame is None else self.camera.to_array(frame).copy()
             image = self._overlay.draw(image, items, now)
@@ -226,8 +241,10 @@ class SynthVideoTrack(MediaStreamTrack):
             self.skipped += int(late * self.fps)
         while True:
             await self._pacer.wait(self._pts)
-            # Colour conversion and drawing release the GIL: keep them off the event loop.
-            image, layout = await asyncio.get_running_loop().run_in_executor(None, self._compose)
+            if self._inline():
+                image, layout = self._compose()
+            else:  # colour conversion and drawing release the GIL: off the event loop
+                image, layout = await asyncio.get_running_loop().run_in_executor(None, self._compose)
             if not self._still or self._pts - self._sent_pts >= STILL_INTERVAL * VIDEO_CLOCK:
                 break
             self._pts += step  # the card, unchanged: sent once a second, not encoded 25 times

@@ -31,16 +31,6 @@ MAX_UNSENT = 256  # events kept while no channel is open (before it opens, or wh
 codecs.install()  # the returned video's VP8 encoder settings (media/codecs.py)
 
 
-def release_audio_early(receiver) -> None:
-    """aiortc's audio jitter buffer holds 4 packets (80 ms) for reordering before it releases
-    one. The server analyses audio rather than playing it, and every pipeline's latency starts
-    here, so release each packet as soon as the next one arrives (20 ms). aiortc has no option
-    for this: its private buffer is set, if it is there."""
-    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-    if buffer is not None and hasattr(buffer, "_prefetch"):
-        buffer._prefetch = 1
-
-
 class Feed(MediaStreamTrack):
     """One peer connection's handle on a session's outbound track: aiortc stops a sender's track
     when its connection closes, and the session's tracks must outlive a connection that drops."""
@@ -74,7 +64,8 @@ class Peer:
         await self.pc.setRemoteDescription(offer)
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio":
-                release_audio_early(transceiver.receiver)
+                codecs.release_audio_early(transceiver.receiver)
+                codecs.decode_audio_inline(transceiver.receiver)
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "audio" in kinds:
             self.pc.addTrack(Feed(self.session.audio_out))  # reuses the offer's audio transceiver
