@@ -83,8 +83,11 @@ def ice_servers(settings: Settings) -> list[RTCIceServer]:
 
 
 class MediaServer:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, freeze_gc: bool = False):
         self.settings = settings
+        # A server that is its process's whole life (the command) freezes what it loaded; one of
+        # many in a process (tests) does not: what a frozen object holds is never collected.
+        self.freeze_gc = freeze_gc
         self.metrics = Metrics()
         self.models = ModelRegistry(settings, self.metrics)
         self.sessions: dict[str, Session] = {}  # every transport's, counted once against max_sessions
@@ -155,11 +158,13 @@ class MediaServer:
                 await self.models.shared(PIPELINES[name])
             except Exception:  # sessions will retry and report the error on their data channel
                 log.exception("could not load the models of pipeline %s", name)
-        # What exists now (modules, models) lives as long as the server: out of the cyclic
-        # collector's sight, its full collections walk only what sessions make. They walked
-        # everything imported: 2.0% of the CPU samples of a server with 6 gender sessions
-        # (perf), 0.1% after.
-        gc.freeze()
+        if self.freeze_gc:
+            # What exists now (modules, models) lives as long as the server: out of the cyclic
+            # collector's sight, its full collections walk only what sessions make. They walked
+            # everything imported: 2.0% of the CPU samples of a server with 6 gender sessions
+            # (perf), 0.1% after. Garbage first, so that none of it is kept for good.
+            gc.collect()
+            gc.freeze()
         self.ready = True
 
     async def _on_shutdown(self, app) -> None:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        server = MediaServer(settings)
+        server = MediaServer(settings, freeze_gc=True)
         ssl_context = server_context(settings)
     except ValueError as exc:
         sys.exit(f"error: {exc}")

@@ -3,6 +3,7 @@ refused above --load-threshold while the current ones carry on, and /health tell
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 import threading
 import time
@@ -157,3 +158,22 @@ async def test_a_zero_threshold_never_refuses(settings, media_server, monkeypatc
 def test_process_figures():
     figures = process_figures()
     assert figures["threads"] >= 1 and figures["open_fds"] > 0 and figures["rss_mb"] > 10
+
+
+async def test_the_command_freezes_what_it_loaded_and_a_server_in_tests_does_not():
+    import gc
+
+    from server.app import MediaServer
+
+    assert gc.get_freeze_count() == 0
+    for freeze in (False, True):
+        server = MediaServer(Settings(pipelines=["gender"]), freeze_gc=freeze)
+        try:
+            await server.preload()
+            assert server.ready and (gc.get_freeze_count() > 0) == freeze
+        finally:
+            gc.unfreeze()
+            await server.models.close()
+    from server import cli
+
+    assert "MediaServer(settings, freeze_gc=True)" in inspect.getsource(cli.main)
