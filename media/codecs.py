@@ -140,6 +140,7 @@ class InlineDecoding:
     def __init__(self, track_queue: asyncio.Queue):
         self.output = track_queue
         self.decoded = 0  # frames
+        self.errors = 0  # packets that did not decode
         self._stopped = threading.Event()
         self._decoder = None
         self._codec_name: str | None = None
@@ -153,8 +154,11 @@ class InlineDecoding:
             self._decoder, self._codec_name = rtcrtpreceiver.get_decoder(codec), codec.name
         try:
             frames = self._decoder.decode(encoded_frame)
-        except av.FFmpegError as exc:  # as aiortc's thread does: skip it, keep the decoder's state
-            log.warning("failed to decode %s audio: %s", codec.name, exc)
+        except Exception as exc:  # as aiortc's thread does: skip it, keep the decoder's state. Any
+            # error: it would otherwise reach aiortc's receive loop, and end the connection.
+            self.errors += 1
+            if self.errors % 250 == 1:  # the first, then one every 5 s of a stream of bad packets
+                log.warning("failed to decode %s audio (%d packets so far): %s", codec.name, self.errors, exc)
             return
         for frame in frames:
             self.output.put_nowait(frame)

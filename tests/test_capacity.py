@@ -147,9 +147,18 @@ async def test_inline_audio_decoding_puts_frames_on_the_track_and_ends_it_on_sto
     for i in range(5):
         tone = (np.sin(np.arange(960) * 0.05 + i) * 8000).astype(np.int16)
         decoding.put((opus, JitterFrame(data=encode(encoder, tone), timestamp=i * 960)))
-    decoding.put((opus, JitterFrame(data=b"\xff" * 3, timestamp=5 * 960)))  # not Opus: skipped, logged
+    for i in range(5, 8):  # not Opus: skipped, counted, logged once
+        decoding.put((opus, JitterFrame(data=b"\xff" * 3, timestamp=i * 960)))
     frames = [track_queue.get_nowait() for _ in range(track_queue.qsize())]
-    assert len(frames) == decoding.decoded == 5
+    assert len(frames) == decoding.decoded == 5 and decoding.errors == 3
+
+    class Broken:
+        def decode(self, encoded_frame):
+            raise RuntimeError("a decoder's own bug")
+
+    decoding._decoder = Broken()  # nothing reaches aiortc's receive loop, whatever the error
+    decoding.put((opus, JitterFrame(data=encode(encoder, np.zeros(960, np.int16)), timestamp=8 * 960)))
+    assert decoding.errors == 4 and track_queue.empty()
     assert all(isinstance(f, av.AudioFrame) and f.sample_rate == 48000 and f.samples == 960 for f in frames)
     assert frames[-1].pts == 4 * 960 and frames[-1].time_base == fractions.Fraction(1, 48000)
     assert worker.is_alive()
