@@ -28,9 +28,10 @@ OUT_RATE = 48000
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
 VIDEO_CLOCK = 90000
 STILL_INTERVAL = 1.0  # seconds between repeats of an unchanged card (no camera, nothing new drawn)
-# A camera picture up to this size is drawn on right on the event loop (a copy of its planes and
-# a sprite blended: 0.1-0.2 ms, about what the hop to a worker thread and back costs); larger
-# ones, colour conversions and pipelines' pictures go to a worker thread.
+# A camera picture up to this size is drawn on right on the event loop when that is only a copy of
+# its planes and sprites already made blended on it (0.1-0.2 ms, about what the hop to a worker
+# thread and back costs); larger ones, new sprites (0.7 ms of text for a badge), colour
+# conversions and pipelines' pictures go to a worker thread.
 INLINE_PIXELS = 640 * 480
 MAX_LATE = 1.0  # seconds a paced track may be behind the clock before it stops catching up
 
@@ -198,7 +199,8 @@ class SynthVideoTrack(MediaStreamTrack):
     def _inline(self) -> bool:
         """Whether the next picture is a camera frame cheap enough to draw on the loop."""
         frame = self.camera.frame
-        return self.source is None and self._i420(frame) and frame.width * frame.height <= INLINE_PIXELS
+        return (self.source is None and self._i420(frame) and frame.width * frame.height <= INLINE_PIXELS
+                and self._overlay.ready(self.overlay(), time.monotonic(), frame.width, frame.height))
 
     def _compose(self) -> tuple[np.ndarray, str]:
         """The next picture and its layout: the camera's own decoded YUV 4:2:0 (drawn on as it is,

@@ -300,6 +300,15 @@ class Overlay:
         self._sprites[key] = sprite
         return sprite
 
+    def ready(self, items: Iterable[Item], now: float, width: int, height: int) -> bool:
+        """Whether drawing ``items`` on an I420 picture of this size renders nothing new (every
+        sprite made, with its I420 form): a blend only, cheap enough for the event loop."""
+        for item, _ in self.state(items, now):
+            sprite = self._sprites.get((item, width, height), False)
+            if sprite is False or (sprite is not None and not sprite.has_i420):
+                return False
+        return True
+
     @staticmethod
     def state(items: Iterable[Item], now: float) -> tuple:
         """What a frame would show: equal states draw equal pictures (for callers' caches)."""

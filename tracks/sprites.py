@@ -86,6 +86,10 @@ class Sprite:
         """Over ``image`` (BGR, in place) with its top-left at (x, y), clipped to the image."""
         _blend(image, self.bgr, *self.weights(level), x, y)
 
+    @property
+    def has_i420(self) -> bool:
+        return self._i420 is not None
+
     def i420(self) -> tuple[np.ndarray, ...]:
         """(Y, U, V, alpha, 1 - alpha, chroma alpha, 1 - chroma alpha): the sprite padded to even sides, in BT.601 limited range;
         chroma (and its alpha) at half size, each the alpha-weighted mean of its 2 x 2 pixels."""
