@@ -25,7 +25,7 @@ import numpy as np
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole, MediaPlayer, MediaRecorder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame, VideoFrame
+from av import AudioFrame, AudioLayout, VideoFrame
 
 from media.audio import to_pcm16
 from tracks.outbound import Pacer
@@ -58,6 +58,50 @@ class ArrayAudioTrack(MediaStreamTrack):
         frame.time_base = fractions.Fraction(1, self.rate)
         self.pos += self.step
         return frame
+
+
+class ThenSilence(MediaStreamTrack):
+    """An audio track (a file's), then silence from where it ends, in real time: the server hears
+    the pause that ends the last utterance (a track that just stops leaves it open, so a file
+    with no silence at its end had its last sentence never translated)."""
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack):
+        super().__init__()
+        self.source = source
+        self.ended = False
+        self.rate = 48000
+        self.layout = "mono"  # the file's (an encoder set up for its frames takes no others)
+        self.pts = 0  # the next frame's, in samples at ``rate``
+        self.pacer: Pacer | None = None
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if not self.ended:
+            try:
+                frame = await self.source.recv()
+            except MediaStreamError:
+                self.ended = True
+                self.pacer = Pacer(self.rate)
+                self.pacer.start = time.monotonic() - self.pts / self.rate  # the clock goes on from here
+            else:
+                if frame.pts is not None and frame.time_base is not None:
+                    self.rate, self.layout = frame.sample_rate, frame.layout.name
+                    self.pts = int((frame.pts + frame.samples) * frame.time_base * self.rate)
+                return frame
+        await self.pacer.wait(self.pts)
+        step = self.rate // 50
+        channels = len(AudioLayout(self.layout).channels)
+        frame = AudioFrame.from_ndarray(np.zeros((1, step * channels), np.int16), format="s16", layout=self.layout)
+        frame.sample_rate, frame.pts, frame.time_base = self.rate, self.pts, fractions.Fraction(1, self.rate)
+        self.pts += step
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self.source.stop()
 
 
 class PatternVideoTrack(MediaStreamTrack):
@@ -252,11 +296,14 @@ async def _main(args) -> int:
     recorder = MediaRecorder(args.record) if args.record else MediaBlackhole()
     if args.record:
         client.pc.on("track", recorder.addTrack)
-    await client.connect(player.audio if player else None, player.video if player else None)
+    audio = player.audio if player else None
+    if audio is not None and args.media and not args.loop:
+        audio = ThenSilence(audio)
+    await client.connect(audio, player.video if player else None)
     await recorder.start()
     print(json.dumps({"type": "connected", "session_id": client.session_id}), flush=True)
     deadline = time.monotonic() + args.duration
-    ping = 0
+    ping, pinged = 0, time.monotonic()
     try:
         while time.monotonic() < deadline:
             try:
@@ -264,8 +311,9 @@ async def _main(args) -> int:
                 print(json.dumps(event), flush=True)
             except asyncio.TimeoutError:
                 pass
-            ping += 1
-            client.send({"type": "ping", "id": ping})  # heartbeat: keeps the session alive when silent
+            if time.monotonic() - pinged >= 2.0:  # heartbeat: keeps the session alive when silent
+                ping, pinged = ping + 1, time.monotonic()
+                client.send({"type": "ping", "id": ping})
     finally:
         await recorder.stop()
         await client.close()

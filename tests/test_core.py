@@ -3,12 +3,14 @@ pipeline interface."""
 from __future__ import annotations
 
 import asyncio
+import fractions
 import time
 
 import aioice.ice
 import av
 import numpy as np
 import pytest
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from pipelines import PIPELINES
 from pipelines.base import OptionError, Pipeline
@@ -449,3 +451,35 @@ async def test_video_track_draws_on_the_cameras_yuv_picture_without_converting_i
                .reformat(format="yuv420p"))  # odd sides: drawn in BGR
     frame = await track.recv()
     assert frame.format.name == "bgr24" and (frame.width, frame.height) == (321, 241)
+
+
+async def test_a_files_audio_goes_on_as_silence_once_it_ends():
+    """client.py: the server must hear the pause after a file's last sentence to end it."""
+    from client import ThenSilence
+
+    class File(MediaStreamTrack):  # 5 frames of a 48 kHz file, then the end (as MediaPlayer's track)
+        kind = "audio"
+        sent = 0
+
+        async def recv(self):
+            if self.sent == 5:
+                self.stop()
+                raise MediaStreamError
+            frame = av.AudioFrame.from_ndarray(np.full((1, 1920), 1000, np.int16), format="s16", layout="stereo")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, self.sent * 960, fractions.Fraction(1, 48000)
+            self.sent += 1
+            return frame
+
+    track = ThenSilence(File())
+    frames = [await track.recv() for _ in range(5)]
+    assert all(f.to_ndarray().max() == 1000 for f in frames)
+    t0 = time.monotonic()
+    silence = [await track.recv() for _ in range(10)]
+    assert 0.15 < time.monotonic() - t0 < 0.4  # 20 ms each, in real time
+    # in the file's own layout: aiortc's Opus encoder takes no other once set up for its frames
+    assert all(f.to_ndarray().max() == 0 and f.samples == 960 and f.layout.name == "stereo" for f in silence)
+    assert [f.pts for f in frames + silence] == [i * 960 for i in range(15)]  # one clock on
+    track.stop()
+    assert track.source.readyState == "ended"
+    with pytest.raises(MediaStreamError):
+        await track.recv()
