@@ -23,10 +23,12 @@ echo, ``--transform none``) side by side, measured on the server, not on its cli
   settings against those in ``media/codecs.py`` on the same clip: encoder CPU time per frame and
   PSNR of the decoded frames against the input.
 
-The machine may be shared: ``uptime`` is noted before each server's run; compare ratios measured
-in one run. Prints markdown tables and writes them to ``bench/results/capacity.md`` (raw numbers
-in ``capacity.json``); server logs in ``bench/results/capacity-<server>.log``. Everything stays on
-127.0.0.1; every wait is bounded and the servers are always stopped.
+The machine may be shared: ``uptime`` and a speed probe (``speed_probe``: CPU time of a fixed
+VP8 encode on the server's core) are noted before each server's run; compare ratios measured in
+one run, where the probes agree. Prints markdown tables and writes them to
+``bench/results/capacity.md`` (raw numbers in ``capacity.json``); server logs in
+``bench/results/capacity-<server>.log``. Everything stays on 127.0.0.1; every wait is bounded and
+the servers are always stopped.
 
     .venv/bin/python bench/capacity.py [--sessions 1,2,4,6,8,12,16] [--size 320x240] [--codec]
 """
@@ -216,7 +218,31 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], onset: int) -> dict:
+def speed_probe(cpu: int, frames: list[np.ndarray]) -> float:
+    """CPU milliseconds of a fixed piece of work on core ``cpu``: a VP8 encode of the clip's frames
+    (as the servers do) and some Python. A shared machine's speed drifts (the same run half an
+    hour apart cost 30% more for ours and the echo alike): the probe before each server's run says
+    whether the two ran on the same machine, so to speak."""
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        codec = av.CodecContext.create("libvpx", "w")
+        codec.width, codec.height, codec.pix_fmt, codec.bit_rate = frames[0].shape[1], frames[0].shape[0], "yuv420p", 500_000
+        codec.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0"}
+        t0 = time.thread_time()
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+            frame.pts = i
+            codec.encode(frame)
+        total = sum(i * i for i in range(300_000))
+        assert total
+        return round((time.thread_time() - t0) * 1000, 1)
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], onset: int,
+                     probe_frames: list[np.ndarray]) -> dict:
     log_path = RESULTS / f"capacity-{kind}.log"
     if kind == "ours":
         server = ServerProcess.script(kind, log_path, "--max-sessions", "256", "--pipelines", "gender",
@@ -226,8 +252,9 @@ async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], on
         server = ServerProcess.script(kind, log_path, "--transform", "none", script=ROOT / "bench" / "echo_server.py",
                                       log_level=args.server_log_level)
     server.argv = ["taskset", "-c", str(args.server_cpu), *server.argv]
-    run = {"server": kind, "uptime": uptime(), "steps": [], "log": str(log_path.relative_to(ROOT))}
-    print(f"{kind}: {run['uptime']}", flush=True)
+    run = {"server": kind, "uptime": uptime(), "probe_ms": speed_probe(args.server_cpu, probe_frames),
+           "steps": [], "log": str(log_path.relative_to(ROOT))}
+    print(f"{kind}: {run['uptime']}; speed probe {run['probe_ms']} ms", flush=True)
     sessions: list[Session] = []
     me = psutil.Process()
     async with aiohttp.ClientSession() as http:
@@ -336,10 +363,12 @@ def report(runs: dict, codec: dict | None, args) -> str:
                                     "fps min (ours / echo)", "loop lag p99 ms", "onset→gender s (max, new)",
                                     "client core % (ours / echo)", "real time (ours / echo)"], rows), ""]
     spc = {k: r["sessions_per_core"] for k, r in runs.items()}
-    out += [harness.markdown_table(["server", "sessions per core", "returned video sizes", "load before its run"],
+    out += [harness.markdown_table(["server", "sessions per core", "returned video sizes", "load before its run",
+                                    "speed probe before its run (ms, lower is faster)"],
                                    [[k, str(r["sessions_per_core"]),
                                      ", ".join(f"{w}x{h}" for w, h in r["returned_sizes"]) or "-",
-                                     r["uptime"].split("load average:")[-1].strip()] for k, r in runs.items()]), ""]
+                                     r["uptime"].split("load average:")[-1].strip(), str(r["probe_ms"])]
+                                    for k, r in runs.items()]), ""]
     if spc.get("echo") and "ours" in spc:
         out.append(f"Sessions per core, ours / echo: **{spc['ours'] / spc['echo']:.2f}x** "
                    f"(held: every session >= {REAL_TIME['fps']:.0f} fps, loop lag p99 < 50 ms, "
@@ -356,9 +385,10 @@ async def main_async(args) -> None:
     video = read_packets(vp8_file(w, h))
     speech, onset_sample = make_speech(args.voice, args.lead_in)
     audio = opus_packets(speech)
+    probe_frames = camera_clip(w, h, 2 * FPS)
     runs = {}
     for kind in args.servers:
-        runs[kind] = await run_server(kind, args, video, audio, onset_sample // OPUS_FRAME)
+        runs[kind] = await run_server(kind, args, video, audio, onset_sample // OPUS_FRAME, probe_frames)
     harness.publish("capacity", report(runs, codec, args), {"args": vars(args), "runs": runs, "codec": codec})
 
 
