@@ -49,6 +49,12 @@ def ray_env() -> dict[str, str]:
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             # A busy machine starts Ray's agents slowly: wait for them rather than fail
             "RAY_agent_register_timeout_ms": "300000",
+            # Ray 2.5x turns token authentication on for a head started where ~/.ray/auth_token
+            # exists (any ray.init() that starts a cluster of its own leaves one there), while a
+            # driver given the head's address never turns it on: its media servers could not
+            # connect. This cluster listens on 127.0.0.1 only: no tokens, whatever ~/.ray holds.
+            # (A cluster across machines is Ray's own, with its token authentication: README.)
+            "RAY_AUTH_MODE": "disabled",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 

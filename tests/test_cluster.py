@@ -89,11 +89,17 @@ def listening(port: int) -> bool:
 
 @needs_haproxy
 @pytest.mark.timeout(900)
-async def test_local_cluster_batches_across_media_servers_and_survives_failures(tmp_path):
+async def test_local_cluster_batches_across_media_servers_and_survives_failures(tmp_path, monkeypatch):
     from tests.test_gender import save_tiny_model
 
     model = tmp_path / "gender-model"
     save_tiny_model(model, norm="layer", id2label={0: "female", 1: "male"}, mask=True)
+    # A home where some ray.init() left a token: Ray would turn token authentication on for the
+    # head and its media servers could not connect (server/cluster.py ray_env)
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("0123456789abcdef" * 4)
+    monkeypatch.setenv("HOME", str(home))
     cluster = LocalCluster(0, 2, num_cpus=2, agent_check=False, server_args=[
         "--pipelines", "gender", "--preload", "gender", "--gender-backend", "wav2vec2", "--gender-model", str(model),
         "--remote-models", "gender", "--ray-max-replicas", "1", "--ray-replica-cpus", "0.5",
