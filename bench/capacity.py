@@ -249,8 +249,8 @@ async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], on
                                       "--load-threshold", "0",  # no shedding: this measures where real time ends
                                       log_level=args.server_log_level)
     else:
-        server = ServerProcess.script(kind, log_path, "--transform", "none", script=ROOT / "bench" / "echo_server.py",
-                                      log_level=args.server_log_level)
+        server = ServerProcess.script(kind, log_path, "--transform", "none", "--encoder", args.echo_encoder,
+                                      script=ROOT / "bench" / "echo_server.py", log_level=args.server_log_level)
     server.argv = ["taskset", "-c", str(args.server_cpu), *server.argv]
     run = {"server": kind, "uptime": uptime(), "probe_ms": speed_probe(args.server_cpu, probe_frames),
            "steps": [], "log": str(log_path.relative_to(ROOT))}
@@ -406,6 +406,8 @@ def main() -> None:
     p.add_argument("--servers", type=servers, default=["ours", "echo"],
                    help="which servers to step up, in order (default ours,echo; '' for none)")
     p.add_argument("--codec", action="store_true", help="first measure the VP8 encoder's levers")
+    p.add_argument("--echo-encoder", choices=("aiortc", "ours"), default="aiortc",
+                   help="the echo's VP8 settings: aiortc's (the baseline), or ours (media/codecs.py)")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument("--warmup", type=float, default=3.0)

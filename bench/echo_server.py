@@ -10,7 +10,7 @@ and ``GET /health`` reports event-loop lag measured the same way as ``server/met
 holds it as the same Prometheus histogram, ``mms_event_loop_lag_seconds``).
 A data channel named ``events`` gets a ``ready`` event and answers ``ping`` with ``pong``.
 
-    .venv/bin/python bench/echo_server.py --port 8090 [--transform edges|invert|none]
+    .venv/bin/python bench/echo_server.py --port 8090 [--transform edges|invert|none] [--encoder aiortc|ours]
 
 ICE is restricted to 127.0.0.1 (``server.ice.restrict_ice_hosts``): nothing leaves loopback.
 """
@@ -175,10 +175,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transform", choices=sorted(TRANSFORMS), default="edges")
     parser.add_argument("--ice-host", action="append", default=None,
                         help="restrict ICE to this local address (repeatable; default 127.0.0.1)")
+    parser.add_argument("--encoder", choices=("aiortc", "ours"), default="aiortc",
+                        help="the returned video's VP8 settings: aiortc's, or the server's (media/codecs.py)")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     restrict_ice_hosts(args.ice_host or ["127.0.0.1"])
+    if args.encoder == "ours":
+        from media import codecs
+        codecs.install()
     server = EchoServer(TRANSFORMS[args.transform])
     print(f"Echo server on http://{args.host}:{args.port}", flush=True)
     web.run_app(server.app(), host=args.host, port=args.port, print=None)
