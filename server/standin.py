@@ -11,11 +11,11 @@ stopped, and made again when someone does):
 * ``None``, the voice: lips driven by the participant's own voice (the newest 40 ms of their
   microphone), for listeners who hear them untranslated;
 * a language: lips driven by their speech translated into it, for listeners who hear that
-  language (``Room`` routes it, ``speak``).
-
-While nothing is said, a talking head is rendered 5 times a second, not 25 (``QuietRate``). A ``SpeechTimeline`` plays each translated utterance
+  language (``Room`` routes it, ``speak``). A ``SpeechTimeline`` plays each translated utterance
   on the server's clock as it is routed (after the one before), as the listener's audio track
   does when nothing else is queued on it; the lips read 40 ms around *now* of it.
+
+While nothing is said, a talking head is rendered 5 times a second, not 25 (``QuietRate``).
 """
 from __future__ import annotations
 

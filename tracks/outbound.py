@@ -196,17 +196,17 @@ class SynthVideoTrack(MediaStreamTrack):
         return (frame is not None and frame.format.name == "yuv420p" and frame.width % 2 == 0
                 and frame.height % 2 == 0)
 
-    def _inline(self) -> bool:
+    def _inline(self, items: list, now: float) -> bool:
         """Whether the next picture is a camera frame cheap enough to draw on the loop."""
         frame = self.camera.frame
         return (self.source is None and self._i420(frame) and frame.width * frame.height <= INLINE_PIXELS
-                and self._overlay.ready(self.overlay(), time.monotonic(), frame.width, frame.height))
+                and self._overlay.ready(items, now, frame.width, frame.height))
 
-    def _compose(self) -> tuple[np.ndarray, str]:
-        """The next picture and its layout: the camera's own decoded YUV 4:2:0 (drawn on as it is,
-        no colour conversion either way), else BGR (a pipeline's source). A picture that does not
-        change (the card, a paused camera) is kept as YUV 4:2:0, converted once."""
-        items, now = self.overlay(), time.monotonic()
+    def _compose(self, items: list, now: float) -> tuple[np.ndarray, str]:
+        """The next picture, showing the overlay ``items`` at ``now``, and its layout: the camera's
+        own decoded YUV 4:2:0 (drawn on as it is, no colour conversion either way), else BGR (a
+        pipeline's source). A picture that does not change (the card, a paused camera) is kept
+        as YUV 4:2:0, converted once."""
         image = self.source() if self.source else None
         frame = self.camera.take() if image is None else None
         key = (id(image), id(frame), Overlay.state(items, now))
@@ -243,10 +243,11 @@ class SynthVideoTrack(MediaStreamTrack):
             self.skipped += int(late * self.fps)
         while True:
             await self._pacer.wait(self._pts)
-            if self._inline():
-                image, layout = self._compose()
+            items, now = self.overlay(), time.monotonic()  # one snapshot: checked, then drawn
+            if self._inline(items, now):
+                image, layout = self._compose(items, now)
             else:  # colour conversion and drawing release the GIL: off the event loop
-                image, layout = await asyncio.get_running_loop().run_in_executor(None, self._compose)
+                image, layout = await asyncio.get_running_loop().run_in_executor(None, self._compose, items, now)
             if not self._still or self._pts - self._sent_pts >= STILL_INTERVAL * VIDEO_CLOCK:
                 break
             self._pts += step  # the card, unchanged: sent once a second, not encoded 25 times
