@@ -22,7 +22,6 @@ from av import AudioFrame, VideoFrame
 
 from media.audio import from_pcm16, resample, to_pcm16
 from tracks.overlay import Overlay
-from tracks.sprites import i420_copy
 
 OUT_RATE = 48000
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
@@ -221,7 +220,8 @@ class SynthVideoTrack(MediaStreamTrack):
             self._cache_image = self._overlay.draw(np.array(image, copy=True), items, now), "bgr24"
             return self._cache_image
         if self._i420(frame):
-            image = self._overlay.draw(i420_copy(frame), items, now, i420=True)
+            # LatestFrame converts one frame in one thread at a time (a pipeline may be reading it)
+            image = self._overlay.draw(self.camera.to_array(frame, "yuv420p").copy(), items, now, i420=True)
         else:
             image = self._card.copy() if frame is None else self.camera.to_array(frame).copy()
             image = self._overlay.draw(image, items, now)

@@ -25,18 +25,6 @@ def i420_planes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image[:height], chroma[0], chroma[1]
 
 
-def i420_copy(frame) -> np.ndarray:
-    """A writable I420 picture copied from a decoded yuv420p PyAV frame (even width and height):
-    its planes read as they are, with no PyAV conversion (so safe while another thread converts
-    the same frame, which PyAV's own ``to_ndarray`` is not)."""
-    width, height = frame.width, frame.height
-    out = np.empty((height * 3 // 2, width), np.uint8)
-    for plane, target in zip(frame.planes, i420_planes(out)):
-        rows, cols = target.shape
-        target[:] = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
-    return out
-
-
 def _blend(plane: np.ndarray, pixels: np.ndarray, weight: np.ndarray, inverse: np.ndarray,
            x: int, y: int) -> None:
     """``pixels`` (weights ``weight``; the plane's ``inverse``) over ``plane`` at (x, y), clipped."""
