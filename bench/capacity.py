@@ -197,9 +197,9 @@ def cheap_receivers() -> None:
 
 
 # --- one server, sessions added step by step ------------------------------------------------------
-async def open_session(index: int, url: str, video: list[bytes], audio: list[bytes], onset: int,
+async def open_session(kind: str, index: int, url: str, video: list[bytes], audio: list[bytes], onset: int,
                        timeout: float) -> Session:
-    client = StreamClient(url, pipelines=["gender"])
+    client = StreamClient(url, pipelines=["gender"], options={"gender": {"overlay": False}} if kind == "relay" else None)
     return await start_session(Session(index, client, PacketTrack("audio", audio, AUDIO_RATE, OPUS_FRAME, onset),
                                        PacketTrack("video", video, VIDEO_CLOCK, VIDEO_CLOCK // FPS)), timeout)
 
@@ -244,7 +244,7 @@ def speed_probe(cpu: int, frames: list[np.ndarray]) -> float:
 async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], onset: int,
                      probe_frames: list[np.ndarray]) -> dict:
     log_path = RESULTS / f"capacity-{kind}.log"
-    if kind == "ours":
+    if kind != "echo":
         server = ServerProcess.script(kind, log_path, "--max-sessions", "256", "--pipelines", "gender",
                                       "--load-threshold", "0",  # no shedding: this measures where real time ends
                                       log_level=args.server_log_level)
@@ -263,7 +263,7 @@ async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], on
             await server.wait_healthy(http, args.start_timeout)
             await asyncio.sleep(1.0)  # model preloading (ours)
             for n in args.sessions:
-                added = await asyncio.gather(*(open_session(i, server.url, video, audio, onset, args.connect_timeout)
+                added = await asyncio.gather(*(open_session(kind, i, server.url, video, audio, onset, args.connect_timeout)
                                                for i in range(len(sessions), n)))
                 sessions += added
                 live = [s for s in sessions if s.ok]
@@ -302,7 +302,7 @@ async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], on
                 step["held"] = held = (
                     len(live) == n and step["fps_min"] >= REAL_TIME["fps"]
                     and over is not None and over < 0.01
-                    and (kind != "ours" or all(o is not None and o < REAL_TIME["onset_gender_s"] for o in onsets)))
+                    and (kind == "echo" or all(o is not None and o < REAL_TIME["onset_gender_s"] for o in onsets)))
                 run["steps"].append(step)
                 print(f"  {n:>3} sessions: cpu {step['cpu_pct']:5.1f}% ({step['cpu_pct_per_session']:.1f}/session) "
                       f"fps {step['fps_mean']:.1f}/{step['fps_min']:.1f} {step['video_kbps_per_session']} kbps lag p99 {step['lag_p99_ms']} ms "
@@ -346,22 +346,34 @@ def report(runs: dict, codec: dict | None, args) -> str:
     def cell(step, key, fmt="{}"):
         return "-" if step is None or step.get(key) is None else fmt.format(step[key])
 
+    kinds = list(runs)
+    ours = [k for k in kinds if k != "echo"]
+
+    def ratio(step, echo):
+        return (f"{step['cpu_pct_per_session'] / echo['cpu_pct_per_session']:.2f}"
+                if step and echo and echo["cpu_pct_per_session"] else "-")
+
+    def each(steps, key, fmt):
+        return " / ".join(cell(step, key, fmt) for step in steps)
+
     rows = []
     for n in sorted(by_n):
-        o, e = by_n[n].get("ours"), by_n[n].get("echo")
-        ratio = (f"{o['cpu_pct_per_session'] / e['cpu_pct_per_session']:.2f}"
-                 if o and e and e["cpu_pct_per_session"] else "-")
-        onset = "-" if o is None else (lambda v: f"{max(v):.2f}" if v else "-")(
-            [x for x in o["onset_gender_s"] if x is not None])
-        rows.append([str(n), cell(o, "cpu_pct_per_session", "{:.1f}"), cell(e, "cpu_pct_per_session", "{:.1f}"), ratio,
-                     f"{cell(o, 'fps_min', '{:.1f}')} / {cell(e, 'fps_min', '{:.1f}')}",
-                     f"{cell(o, 'lag_p99_ms', '{:.0f}')} / {cell(e, 'lag_p99_ms', '{:.0f}')}", onset,
-                     f"{cell(o, 'client_cpu_pct', '{:.0f}')} / {cell(e, 'client_cpu_pct', '{:.0f}')}",
-                     f"{'yes' if o and o['held'] else 'no' if o else '-'} / {'yes' if e and e['held'] else 'no' if e else '-'}"])
+        steps = [by_n[n].get(k) for k in kinds]
+        onsets = [[x for x in step["onset_gender_s"] if x is not None] if step else [] for step, k in zip(steps, kinds)
+                  if k != "echo"]
+        rows.append([str(n), *(cell(step, "cpu_pct_per_session", "{:.1f}") for step in steps),
+                     *(ratio(by_n[n].get(k), by_n[n].get("echo")) for k in ours if "echo" in kinds),
+                     each(steps, "fps_min", "{:.1f}"), each(steps, "lag_p99_ms", "{:.0f}"),
+                     " / ".join(f"{max(v):.2f}" if v else "-" for v in onsets),
+                     each(steps, "client_cpu_pct", "{:.0f}"),
+                     " / ".join("-" if step is None else "yes" if step["held"] else "no" for step in steps)])
+    both = " / ".join(kinds)
     out += ["## Sessions on one server core", "",
-            harness.markdown_table(["sessions", "ours CPU %/session", "echo CPU %/session", "ratio",
-                                    "fps min (ours / echo)", "loop lag p99 ms", "onset→gender s (max, new)",
-                                    "client core % (ours / echo)", "real time (ours / echo)"], rows), ""]
+            f"Servers: {', '.join(f'**{k}**: {SERVERS[k]}' for k in kinds)}.", "",
+            harness.markdown_table(["sessions", *(f"{k} CPU %/session" for k in kinds),
+                                    *(f"ratio {k} / echo" for k in ours if "echo" in kinds),
+                                    f"fps min ({both})", "loop lag p99 ms", f"onset→gender s (max, new; {' / '.join(ours)})",
+                                    f"client core % ({both})", f"real time ({both})"], rows), ""]
     spc = {k: r["sessions_per_core"] for k, r in runs.items()}
     out += [harness.markdown_table(["server", "sessions per core", "returned video sizes", "load before its run",
                                     "speed probe before its run (ms, lower is faster)"],
@@ -369,10 +381,11 @@ def report(runs: dict, codec: dict | None, args) -> str:
                                      ", ".join(f"{w}x{h}" for w, h in r["returned_sizes"]) or "-",
                                      r["uptime"].split("load average:")[-1].strip(), str(r["probe_ms"])]
                                     for k, r in runs.items()]), ""]
-    if spc.get("echo") and "ours" in spc:
-        out.append(f"Sessions per core, ours / echo: **{spc['ours'] / spc['echo']:.2f}x** "
-                   f"(held: every session >= {REAL_TIME['fps']:.0f} fps, loop lag p99 < 50 ms, "
-                   f"ours: onset → gender < {REAL_TIME['onset_gender_s']} s).")
+    for k in ours:
+        if spc.get("echo") and k in spc:
+            out.append(f"Sessions per core, {k} / echo: **{spc[k] / spc['echo']:.2f}x** "
+                       f"(held: every session >= {REAL_TIME['fps']:.0f} fps, loop lag p99 < 50 ms, "
+                       f"ours: onset → gender < {REAL_TIME['onset_gender_s']} s).")
     return "\n".join(out)
 
 
@@ -392,10 +405,17 @@ async def main_async(args) -> None:
     harness.publish("capacity", report(runs, codec, args), {"args": vars(args), "runs": runs, "codec": codec})
 
 
+SERVERS = {
+    "ours": "this server, gender (its badge drawn on the returned video)",
+    "relay": "this server, gender with overlay off (nothing drawn: the camera's frames relayed, tracks/relay.py)",
+    "echo": "bench/echo_server.py, a bare aiortc echo",
+}
+
+
 def servers(text: str) -> list[str]:
     kinds = [k for k in text.split(",") if k]
-    if set(kinds) - {"ours", "echo"}:
-        raise ValueError(f"servers are ours and echo, not {text!r}")
+    if set(kinds) - set(SERVERS):
+        raise ValueError(f"servers are {', '.join(SERVERS)}, not {text!r}")
     return kinds
 
 
@@ -404,7 +424,7 @@ def main() -> None:
     harness.add_load_flags(p, "1,2,4,6,8,10,12,16,20,24", 8.0, levels_help="session counts, stepped up")
     p.add_argument("--size", default="320x240", help="the clients' camera size (default 320x240)")
     p.add_argument("--servers", type=servers, default=["ours", "echo"],
-                   help="which servers to step up, in order (default ours,echo; '' for none)")
+                   help="which servers to step up, in order, of ours, relay and echo (default ours,echo; '' for none)")
     p.add_argument("--codec", action="store_true", help="first measure the VP8 encoder's levers")
     p.add_argument("--echo-encoder", choices=("aiortc", "ours"), default="aiortc",
                    help="the echo's VP8 settings: aiortc's (the baseline), or ours (media/codecs.py)")

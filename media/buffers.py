@@ -119,6 +119,12 @@ class LatestFrame:
         self.received += 1
         self._unread = True
 
+    def clear(self) -> None:
+        """Forget the frame held (the camera stopped being decoded)."""
+        self.frame, self._unread = None, False
+        with self._convert_lock:
+            self._converted = (None, None, None)
+
     def take(self):
         """The newest frame (or None), marking it read."""
         self._unread = False

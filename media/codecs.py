@@ -1,7 +1,8 @@
 """The one place where the server changes what aiortc keeps in private code: the VP8 encoder of
-the returned video, and how an inbound audio track is received (``release_audio_early``: its
-jitter buffer; ``decode_audio_inline``: its decoder thread). ``tests/test_capacity.py`` fails
-when an aiortc upgrade moves any of it.
+the returned video, how an inbound audio track is received (``release_audio_early``: its
+jitter buffer; ``decode_audio_inline``: its decoder thread), and the seams of the camera relay
+(``route_video``, ``on_keyframe_request``, ``ask_keyframe``; tracks/relay.py).
+``tests/test_capacity.py`` fails when an aiortc upgrade moves any of it.
 
 The encoder.
 
@@ -29,6 +30,15 @@ and puts it on the track's queue itself; aiortc's decoder thread is still starte
 until the receiver stops (then it ends the track, as before). Video keeps aiortc's thread: a
 frame is 0.3 ms of decoding at 320x240 and 0.6 at 640x480 here, and decoding it on the loop too
 measured no better (``bench/capacity.py``, 6 sessions).
+
+The camera relayed. Where nothing is drawn on the returned video and nothing reads the camera,
+the camera's own VP8 frames are sent back as they came (tracks/relay.py): ``route_video`` puts
+the relay in front of the video receiver's decoder thread (it decides, frame by frame, what is
+decoded), aiortc's sender packetizes the frames the returned track hands it as ``av.Packet``
+(its ``pack``, as for ``MediaPlayer(decode=False)``), ``on_keyframe_request`` tells the relay of
+the client's picture loss reports to our sender, and ``ask_keyframe`` sends one to the camera.
+After forwarded frames, ``RealtimeVp8Encoder`` starts again with a keyframe: the client's decoder
+holds the camera's pictures, not the encoder's.
 """
 from __future__ import annotations
 
@@ -96,6 +106,7 @@ class RealtimeVp8Encoder(vpx.Vp8Encoder):
     options = OPTIONS
     cap_bitrate = True
     cap: int | None = None  # bits per second, from the frame size (bitrate_cap)
+    packed = False  # the last frame sent was a forwarded one (pack), not one of this encoder's
 
     @property
     def target_bitrate(self) -> int:
@@ -115,7 +126,13 @@ class RealtimeVp8Encoder(vpx.Vp8Encoder):
         if (self.codec is None or (frame.width, frame.height) != (self.codec.width, self.codec.height)
                 or abs(bitrate - self.codec.bit_rate) / self.codec.bit_rate > 0.1):
             self.codec = libvpx_context(frame.width, frame.height, bitrate, self.options)
+        if self.packed:  # the receiver's pictures are the camera's: ours start again from a keyframe
+            force_keyframe, self.packed = True, False
         return super().encode(frame, force_keyframe)
+
+    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
+        self.packed = True
+        return super().pack(packet)
 
 
 _aiortc_get_encoder = rtcrtpsender.get_encoder
@@ -192,3 +209,69 @@ def decode_audio_inline(receiver) -> bool:
         return False
     receiver._RTCRtpReceiver__decoder_queue = InlineDecoding(track_queue)
     return True
+
+
+# --- the camera relay (tracks/relay.py) ---------------------------------------------------------
+def vp8_keyframe(data: bytes) -> bool:
+    """Whether a VP8 frame is a key frame (RFC 6386 9.1: frame tag bit 0 clear, then the start
+    code 9d 01 2a)."""
+    return len(data) >= 10 and not data[0] & 1 and data[3:6] == b"\x9d\x01\x2a"
+
+
+class VideoRoute:
+    """In place of a video receiver's decoder queue (aiortc's ``put((codec, encoded_frame))`` on
+    the loop, for each complete frame; ``put(None)`` when it stops; its thread's ``get()``):
+    each frame goes first to ``route(codec, encoded_frame)``, on the loop, and on to aiortc's
+    decoder thread only where that returns True."""
+
+    def __init__(self, route):
+        self.route = route
+        self._queue: queue.Queue = queue.Queue()
+
+    def put(self, task) -> None:
+        if task is None or self.route(*task):
+            self._queue.put(task)
+
+    def get(self):
+        return self._queue.get()
+
+
+def route_video(receiver, route) -> bool:
+    """Before a video receiver starts: its frames pass through ``route`` (``VideoRoute``).
+    Returns False, changing nothing, where aiortc's private attributes are not what this expects."""
+    decoder_queue = getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)
+    if (not isinstance(decoder_queue, queue.Queue)
+            or getattr(receiver, "_RTCRtpReceiver__decoder_thread", True) is not None):  # not started
+        return False
+    receiver._RTCRtpReceiver__decoder_queue = VideoRoute(route)
+    return True
+
+
+def on_keyframe_request(sender, callback) -> bool:
+    """``callback()`` too whenever the client asks ``sender`` for a keyframe (RTCP PLI or FIR;
+    aiortc's ``_send_keyframe`` then only flags its encoder's next frame)."""
+    original = getattr(sender, "_send_keyframe", None)
+    if not callable(original):
+        return False
+
+    def send_keyframe() -> None:
+        original()
+        callback()
+
+    sender._send_keyframe = send_keyframe
+    return True
+
+
+def ask_keyframe(receiver) -> asyncio.Task | None:
+    """Ask the sender of what ``receiver`` receives for a keyframe (RTCP PLI, every SSRC heard
+    in the last 10 s); None where there is none to ask."""
+    send_pli = getattr(receiver, "_send_rtcp_pli", None)
+    sources = [s.source for s in receiver.getSynchronizationSources()]
+    if send_pli is None or not sources:
+        return None
+
+    async def ask() -> None:
+        for ssrc in sources:
+            await send_pli(ssrc)
+
+    return asyncio.get_running_loop().create_task(ask())

@@ -114,3 +114,29 @@ async def test_refused_offer_is_shown(settings, media_server, tmp_path):
         assert await page.text_content("#status") == "failed"
         assert "server is full" in await page.text_content("#log")
         assert media_server.server.sessions == {}
+
+
+async def test_camera_relayed_back_to_chromium_while_nothing_is_drawn(media_server, tmp_path):
+    """Overlay off: Chromium's own VP8 camera frames come back as they went (tracks/relay.py), and
+    it decodes them; the overlay back on mid-session: drawn and encoded again, with no break."""
+    wav, y4m = espeak("en+f3"), pattern_y4m(tmp_path / "pattern.y4m")
+    async with chromium_page(tmp_path, wav, y4m) as page:
+        await open_page(page, media_server.url)
+        overlay = "input[data-pipeline=gender][data-key=overlay]"
+        await page.eval_on_selector(overlay, "i => { i.checked = false; i.dispatchEvent(new Event('change')); }")
+        await run_voice(page, media_server.server, "female")
+        (session,) = media_server.server.sessions.values()
+        relay = session.relay
+
+        start = (await page.evaluate("window.mmsStats"))["framesDecoded"]
+        await page.wait_for_timeout(2500)  # (the page reads its stats once a second)
+        assert relay.forwarding and relay.forwarded > 20 and session.camera.received <= 1  # nothing decoded here
+        before = await page.evaluate("window.mmsStats")
+        assert before["framesDecoded"] > start + 25 and before["videoSize"] == "320x240"  # Chromium decodes them
+        await page.eval_on_selector(overlay, "i => { i.checked = true; i.dispatchEvent(new Event('change')); }")
+        await page.wait_for_timeout(2000)
+        assert not relay.forwarding and session.camera.received > 10  # decoded and drawn on again
+        after = await page.evaluate("window.mmsStats")
+        assert after["framesDecoded"] > before["framesDecoded"] + 30 and after["videoSize"] == "320x240"
+        await stop_and_check_closed(page, media_server.server)
+        assert_no_page_errors(page)

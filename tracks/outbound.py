@@ -5,7 +5,8 @@ wait on a model: they send whatever is ready at each tick.
   which is resampled once on the way in and queued back to back (no gaps, no overlaps).
 * ``SynthVideoTrack``: a fixed frame rate; each frame is the newest inbound camera frame (or a
   placeholder card, or a pipeline-provided source) with the session's overlay drawn on it
-  (``tracks/overlay.py``: subtitles, badges, chat).
+  (``tracks/overlay.py``: subtitles, badges, chat); or, while its ``relay`` is active, the
+  camera's own VP8 frames as they came (``tracks/relay.py``: nothing drawn, nothing to encode).
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from typing import Callable
 import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame, VideoFrame
+from av import AudioFrame, Packet, VideoFrame
 
 from media.audio import from_pcm16, resample, to_pcm16
 from tracks.overlay import Overlay
+from tracks.relay import CameraRelay
 
 OUT_RATE = 48000
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
@@ -169,10 +171,13 @@ class SynthVideoTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, camera, overlay: Callable[[], list], fps: float = 25.0,
-                 on_frame: Callable[[], None] | None = None):
+                 on_frame: Callable[[], None] | None = None, relay: CameraRelay | None = None):
         super().__init__()
         self.on_frame = on_frame
         self.camera = camera  # LatestFrame of inbound video
+        self.relay = relay
+        self._relay_epoch: int | None = None  # of the forwarded frames last sent
+        self._relay_offset = 0  # their timestamps -> this track's
         self.overlay = overlay  # () -> the tracks.overlay items to draw now
         self._overlay = Overlay()
         self.source: Callable[[], np.ndarray | None] | None = None
@@ -187,8 +192,14 @@ class SynthVideoTrack(MediaStreamTrack):
         self._source_image: np.ndarray | None = None
         self.sent = 0
         self.tap: Callable[[VideoFrame], None] | None = None  # sees every sent frame (recording)
-        self.skipped = 0  # frames not sent because the track fell behind (server/load.py reads all three)
+        self._skipped = 0
         self.held = 0  # frame periods the unchanged card was not re-sent (on purpose: not missed)
+
+    @property
+    def skipped(self) -> int:
+        """Frames not sent because the track fell behind, or (relayed) the sender did not take
+        them. server/load.py reads sent, skipped and held."""
+        return self._skipped + (self.relay.dropped if self.relay else 0)
 
     @staticmethod
     def _i420(frame) -> bool:
@@ -232,15 +243,39 @@ class SynthVideoTrack(MediaStreamTrack):
         self._cache_image = image, "yuv420p"
         return self._cache_image
 
-    async def recv(self) -> VideoFrame:
+    async def _relayed(self) -> Packet | None:
+        """The camera's next frame, forwarded (its timestamps moved onto this track's clock);
+        None when the relay stopped."""
+        item = await self.relay.next()
+        if item is None:
+            return None
+        data, timestamp, epoch = item
+        if epoch != self._relay_epoch:  # a new run: its first frame goes out as the next one due
+            self._relay_epoch, self._relay_offset = epoch, self._pts - timestamp
+        packet = Packet(data)
+        packet.pts = self._sent_pts = timestamp + self._relay_offset
+        packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self._pts = packet.pts + int(VIDEO_CLOCK / self.fps)
+        self.sent += 1
+        if self.on_frame:
+            self.on_frame()
+        return packet
+
+    async def recv(self) -> VideoFrame | Packet:
         if self.readyState != "live":
             raise MediaStreamError
+        if self.relay is not None:
+            if self.relay.active() and (packet := await self._relayed()) is not None:
+                return packet
+            if self._relay_epoch is not None:  # drawing again: paced from now on
+                self._relay_epoch, self._cache_key = None, None
+                self._pacer.start = time.monotonic() - self._pts / VIDEO_CLOCK
         step = int(VIDEO_CLOCK / self.fps)
         late = self._pacer.behind(self._pts)
         if late > 2 / self.fps:
             # Starved of CPU: skip the missed frames rather than encode a burst of repeats.
             self._pts += int(late * self.fps) * step
-            self.skipped += int(late * self.fps)
+            self._skipped += int(late * self.fps)
         while True:
             await self._pacer.wait(self._pts)
             items, now = self.overlay(), time.monotonic()  # one snapshot: checked, then drawn

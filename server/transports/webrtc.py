@@ -23,6 +23,7 @@ from server.transports.session import CLOSE_SECONDS, Session
 from tracks.inbound import read_audio, read_video
 from tracks.opus import OpusSpeechTrack
 from tracks.outbound import SynthVideoTrack
+from tracks.relay import CameraRelay
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,14 @@ class Peer:
 
     async def answer(self, offer) -> Any:
         await self.pc.setRemoteDescription(offer)
+        camera = None
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio":
                 codecs.release_audio_early(transceiver.receiver)
                 codecs.decode_audio_inline(transceiver.receiver)
+            elif camera is None and self.session.room is None:  # a room relays it to the others
+                camera = transceiver.receiver
+                codecs.route_video(camera, self.session.relay.route)
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "audio" in kinds:
             self.pc.addTrack(Feed(self.session.audio_out))  # reuses the offer's audio transceiver
@@ -74,7 +79,8 @@ class Peer:
         takes_video = {m.kind for m in sdp.SessionDescription.parse(offer.sdp).media
                        if m.direction in ("sendrecv", "recvonly")}
         if "video" in takes_video:
-            self.pc.addTrack(Feed(self.session.video_out))
+            sender = self.pc.addTrack(Feed(self.session.video_out))
+            codecs.on_keyframe_request(sender, self.session.relay.keyframe_requested)
         elif self.session.room is None and not any(p.uses_camera for p in self.session.pipelines.values()):
             for transceiver in self.pc.getTransceivers():
                 if transceiver.kind == "video":
@@ -82,10 +88,14 @@ class Peer:
         if self.session.room is not None:  # the further m-lines carry the others (server/rooms.py)
             self.session.room.attach(self)
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
+        codec = {}  # kind -> the codec negotiated on its first m-line
+        for m in sdp.SessionDescription.parse(self.pc.localDescription.sdp).media:
+            if m.rtp.codecs:
+                codec.setdefault(m.kind, m.rtp.codecs[0].mimeType.lower())
         # Opus negotiated: the audio track encodes itself, silence as DTX (tracks/opus.py)
-        self.session.audio_out.opus = any(
-            m.kind == "audio" and m.rtp.codecs and m.rtp.codecs[0].mimeType.lower() == "audio/opus"
-            for m in sdp.SessionDescription.parse(self.pc.localDescription.sdp).media)
+        self.session.audio_out.opus = codec.get("audio") == "audio/opus"
+        if camera is not None:  # VP8 both ways: the camera's frames can go back as they are (tracks/relay.py)
+            self.session.relay.attach(camera, sends_vp8="video" in takes_video and codec.get("video") == "video/vp8")
         return self.pc.localDescription
 
     def open(self) -> bool:
@@ -138,9 +148,10 @@ class WebRTCSession(Session):
         self.last_seen = self.started
         self._heard = False  # any media or message from the client yet
         self.camera = LatestFrame(on_drop=self.metrics.frames_dropped.inc)
+        self.relay = CameraRelay(self.camera, self._returns_camera_as_is, on_frame=self._relayed_frame)
         self.audio_out = OpusSpeechTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
         self.video_out = SynthVideoTrack(self.camera, self.overlay_items, fps=self.settings.video_fps,
-                                         on_frame=self.metrics.frames_out.labels("video").inc)
+                                         on_frame=self.metrics.frames_out.labels("video").inc, relay=self.relay)
         self.resume_token: str | None = None  # given by the server where --resume-seconds > 0
         self.room = None  # server/rooms.py Room, where the offer named one
         self.peer = Peer(self, configuration)
@@ -285,6 +296,17 @@ class WebRTCSession(Session):
         return [item for name, items in list(self._overlays.items())
                 if (pipeline := self.pipelines.get(name)) is None or pipeline.options.get("overlay", True)
                 for item in items]
+
+    def _returns_camera_as_is(self) -> bool:
+        """Whether the returned video may be the camera's frames as they came (tracks/relay.py):
+        no pipeline reads the camera or may draw (its option ``overlay`` off), no picture of a
+        pipeline's own, no recording (it records decoded frames), not in a room."""
+        return (self.room is None and self.recorder is None and self.video_out.source is None
+                and not any(p.uses_camera or p.options.get("overlay", True) for p in self.pipelines.values()))
+
+    def _relayed_frame(self) -> None:
+        self.touch()
+        self.metrics.frames_in.labels("video").inc()
 
     # --- lifetime ------------------------------------------------------------------------------
     async def _watchdog(self) -> None:

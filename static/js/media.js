@@ -102,7 +102,10 @@ export async function pollStats(run, final = false) {
   let selectedId = null;
   const pairs = [];
   report.forEach((s) => {
-    if (s.type === 'inbound-rtp' && (s.kind || s.mediaType) === 'video') frames += s.framesDecoded || 0;
+    if (s.type === 'inbound-rtp' && (s.kind || s.mediaType) === 'video') {
+      frames += s.framesDecoded || 0;
+      if (s.frameWidth) stats.videoSize = `${s.frameWidth}x${s.frameHeight}`;
+    }
     if (s.type === 'inbound-rtp' && (s.kind || s.mediaType) === 'audio') audioPackets += s.packetsReceived || 0;
     if (s.type === 'transport' && s.selectedCandidatePairId) selectedId = s.selectedCandidatePairId;
     if (s.type === 'candidate-pair') pairs.push(s);

@@ -14,7 +14,7 @@ export const el = {
 };
 
 export const stats = window.mmsStats = {
-  state: 'idle', sessionId: null, pipelines: [], framesDecoded: 0, audioPacketsReceived: 0,
+  state: 'idle', sessionId: null, pipelines: [], framesDecoded: 0, videoSize: null, audioPacketsReceived: 0,
   eventCounts: {}, selectedPair: null, rttMs: null, lastError: null, last: {},
 };
 
@@ -66,6 +66,7 @@ export function setState(state, label = state) {
 // A new session starts: forget the numbers of the last one.
 export function resetDisplays() {
   stats.framesDecoded = 0;
+  stats.videoSize = null;
   stats.audioPacketsReceived = 0;
   stats.selectedPair = null;
   stats.rttMs = null;

@@ -1,0 +1,264 @@
+"""The camera relayed (tracks/relay.py): while nothing is drawn on the returned video and nothing
+reads the camera, the camera's VP8 frames go back as they came, and every switch between that and
+drawing happens at a keyframe, with no gap in the returned video and nothing the client cannot decode."""
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from types import SimpleNamespace
+
+import av
+import numpy as np
+import pytest
+from aiortc.jitterbuffer import JitterFrame
+
+from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
+from media import codecs
+from media.buffers import LatestFrame
+from tests.test_server import wait_until
+from tracks import relay as relay_module
+from tracks.relay import CameraRelay
+
+VP8 = SimpleNamespace(mimeType="video/VP8", name="VP8")
+H264 = SimpleNamespace(mimeType="video/H264", name="H264")
+
+
+def vp8_frames(count: int, keyframes: tuple[int, ...] = (0,), size=(64, 48)) -> list[bytes]:
+    """Real libvpx output: keyframes where asked, inter frames between."""
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = *size, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 25)
+    encoder.options = {"deadline": "realtime", "lag-in-frames": "0"}
+    encoder.gop_size = 1000
+    out = []
+    for i in range(count):
+        frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), i * 7 % 256, np.uint8), format="bgr24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = i
+        frame.pict_type = av.video.frame.PictureType.I if i in keyframes else av.video.frame.PictureType.NONE
+        out.append(b"".join(bytes(p) for p in encoder.encode(frame)))
+    return out
+
+
+class Receiver:
+    """What the relay reads of aiortc's RTCRtpReceiver: the camera's SSRC and its PLI."""
+
+    def __init__(self):
+        self.plis: list[int] = []
+
+    def getSynchronizationSources(self):
+        return [SimpleNamespace(source=1234)]
+
+    async def _send_rtcp_pli(self, ssrc: int) -> None:
+        self.plis.append(ssrc)
+
+
+def test_vp8_keyframe_reads_the_frame_tag():
+    frames = vp8_frames(6, keyframes=(0, 4))
+    assert [codecs.vp8_keyframe(f) for f in frames] == [True, False, False, False, True, False]
+    assert not codecs.vp8_keyframe(b"") and not codecs.vp8_keyframe(b"\x00" * 12)
+
+
+async def test_relay_switches_at_keyframes_and_asks_the_camera_for_them(monkeypatch):
+    monkeypatch.setattr(relay_module, "KEYFRAME_INTERVAL", 0.0)
+    camera, wanted = LatestFrame(), [False]
+    relay = CameraRelay(camera, lambda: wanted[0])
+    receiver = Receiver()
+    relay.attach(receiver, sends_vp8=True)
+    frames = vp8_frames(12, keyframes=(0, 5, 9))
+
+    def route(i: int) -> bool:
+        return relay.route(VP8, JitterFrame(frames[i], timestamp=i * 3600))
+
+    assert route(0) and route(1) and not relay.active()  # drawn: everything decoded
+    wanted[0] = True  # e.g. the overlay switched off: forwarding waits for a keyframe, asked for
+    assert route(2) and not relay.forwarding
+    await asyncio.sleep(0)
+    assert receiver.plis == [1234]
+    assert not route(5) and relay.active()  # the keyframe: forwarded, and no longer decoded
+    assert not route(6)
+    assert [(t, e) for _, t, e in [await relay.next(), await relay.next()]] == [(5 * 3600, 1), (6 * 3600, 1)]
+    wanted[0] = False  # drawing again: decoding starts at the next keyframe; forwarding goes on meanwhile
+    assert not route(7) and relay.active()
+    assert route(9) and relay.active()  # decoded from here, still forwarded: the decoder has no picture yet
+    camera.put(object())  # the decoder's first picture
+    assert not relay.active() and route(10)
+    await asyncio.sleep(0)
+    assert len(receiver.plis) == 2
+    assert await relay.next() is None  # forwarding stopped: the track draws
+
+
+async def test_relay_starts_again_from_a_keyframe_when_the_sender_falls_behind(monkeypatch):
+    monkeypatch.setattr(relay_module, "KEYFRAME_INTERVAL", 0.0)
+    monkeypatch.setattr(relay_module, "MAX_FRAMES", 4)
+    forwarded = []
+    relay = CameraRelay(LatestFrame(), lambda: True, on_frame=lambda: forwarded.append(1))
+    receiver = Receiver()
+    relay.attach(receiver, sends_vp8=True)
+    frames = vp8_frames(12, keyframes=(0, 8))
+    for i in range(8):  # nobody pulls: the fifth frame overflows the bound
+        relay.route(VP8, JitterFrame(frames[i], timestamp=i))
+    assert relay.dropped == 8 and not relay._frames  # 5, 6 and 7 too: they follow frames the client never got
+    relay.route(VP8, JitterFrame(frames[8], timestamp=8))
+    assert (await relay.next())[1] == 8 and len(forwarded) == 9  # frames seen, forwarded or not: the client is heard
+    await asyncio.sleep(0)
+    assert receiver.plis  # a keyframe was asked for at the overflow
+
+
+async def test_relay_stops_when_the_camera_goes_silent_and_not_for_other_codecs(monkeypatch):
+    monkeypatch.setattr(relay_module, "STALL_SECONDS", 0.2)
+    camera = LatestFrame()
+    camera.put(object())
+    relay = CameraRelay(camera, lambda: True)
+    relay.attach(Receiver(), sends_vp8=True)
+    frames = vp8_frames(2)
+    assert not relay.route(VP8, JitterFrame(frames[0], timestamp=0))
+    assert camera.frame is None  # nothing stale to draw when relaying stops
+    await relay.next()
+    started = time.monotonic()
+    assert await relay.next() is None and time.monotonic() - started >= 0.2
+    assert not relay.forwarding and not relay.decoding  # both wait for the camera's next keyframe
+    assert relay.route(H264, JitterFrame(b"\x00\x00\x00\x01", timestamp=1))  # not VP8: decoded, never forwarded
+    h264_only = CameraRelay(LatestFrame(), lambda: True)
+    h264_only.attach(Receiver(), sends_vp8=False)  # VP8 in, but not negotiated back
+    assert h264_only.route(VP8, JitterFrame(frames[0], timestamp=0)) and not h264_only.forwarding
+
+
+async def test_aiortc_video_path_is_where_the_relay_expects_it():
+    """Fails when an aiortc upgrade moves what media/codecs.py's relay seams rely on."""
+    import inspect
+
+    from aiortc.codecs import vpx
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    handle = inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    assert "RTCP_PSFB_PLI" in handle and "self._send_keyframe()" in handle
+    next_frame = inspect.getsource(RTCRtpSender._next_encoded_frame)
+    assert "self.__encoder.pack(data)" in next_frame and "isinstance(data, Frame)" in next_frame
+    assert "self.picture_id" in inspect.getsource(vpx.Vp8Encoder.pack)
+    assert list(inspect.signature(RTCRtpReceiver._send_rtcp_pli).parameters) == ["self", "media_ssrc"]
+    assert "self.__decoder_queue.put((codec, encoded_frame))" in inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+
+    class Transport:
+        state = "new"
+        _register_rtp_receiver = _unregister_rtp_receiver = None
+
+        def _send_rtp(self, data):
+            pass
+
+    receiver = RTCRtpReceiver("video", Transport())
+    assert codecs.route_video(receiver, lambda codec, frame: True)
+    assert isinstance(receiver._RTCRtpReceiver__decoder_queue, codecs.VideoRoute)
+    assert not codecs.route_video(receiver, lambda codec, frame: True)  # once
+    sender = RTCRtpSender("video", Transport())
+    asked = []
+    assert codecs.on_keyframe_request(sender, lambda: asked.append(1))
+    sender._send_keyframe()
+    assert asked == [1] and sender._RTCRtpSender__force_keyframe
+
+
+def test_encoder_starts_with_a_keyframe_after_forwarded_frames():
+    from aiortc.codecs import get_capabilities
+
+    encoder = codecs.get_encoder(next(c for c in get_capabilities("video").codecs if c.mimeType == "video/VP8"))
+
+    def encode(i: int) -> bytes:
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 9, np.uint8), format="bgr24")
+        frame.pts, frame.time_base = i * 3600, fractions.Fraction(1, 90000)
+        payloads, _ = encoder.encode(frame)
+        return payloads[0][4:]  # after the payload descriptor (with its 15-bit picture id)
+
+    assert codecs.vp8_keyframe(encode(0)) and not codecs.vp8_keyframe(encode(1))
+    packet = av.Packet(vp8_frames(1)[0])
+    packet.pts, packet.time_base = 2 * 3600, fractions.Fraction(1, 90000)
+    assert encoder.pack(packet)[0]
+    assert codecs.vp8_keyframe(encode(3)) and not codecs.vp8_keyframe(encode(4))
+
+
+# --- end to end: a client of the server ---------------------------------------------------------
+@pytest.fixture
+def decode_warnings(caplog):
+    caplog.set_level(logging.WARNING, logger="aiortc.rtcrtpreceiver")
+    return lambda: [r.getMessage() for r in caplog.records if "failed to decode" in r.getMessage()]
+
+
+def pattern_psnr(frame) -> float:
+    """PSNR (dB) of a returned frame against client.PatternVideoTrack's picture, at its best shift."""
+    image = frame.to_ndarray(format="bgr24").astype(np.float64)
+    height, width = image.shape[:2]
+    best = 0.0
+    for shift in range(0, 256, 4):
+        expected = np.empty_like(image)
+        expected[..., 0] = (np.arange(width)[None, :] + shift) % 256
+        expected[..., 1] = np.arange(height)[:, None] * 255 // height
+        expected[..., 2] = 128
+        mse = np.mean((image - expected) ** 2)
+        best = max(best, 10 * np.log10(255 ** 2 / max(mse, 1e-9)))
+    return best
+
+
+async def test_camera_relayed_while_nothing_is_drawn_and_drawn_again_on_config(media_server, decode_warnings):
+    client = StreamClient(media_server.url, ["gender"], options={"gender": {"overlay": False}})
+    client.keep_frames = 1
+    arrivals: list[float] = []
+    answer = await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True),
+                                  PatternVideoTrack(320, 240))
+    try:
+        session = media_server.server.sessions[answer["session_id"]]
+        relay = session.relay
+
+        async def watch(seconds: float) -> None:  # the returned video's arrivals
+            end = time.monotonic() + seconds
+            count = client.frame_counts["video"]
+            while time.monotonic() < end:
+                if client.frame_counts["video"] != count:
+                    count = client.frame_counts["video"]
+                    arrivals.append(time.monotonic())
+                await asyncio.sleep(0.01)
+            frame = client.received["video"][-1][1]
+            assert (frame.width, frame.height) == (320, 240)
+            assert pattern_psnr(frame) > 25  # the camera's picture, whole (the client decoded every frame)
+
+        def overlay(on: bool) -> None:
+            client.send({"type": "config", "pipeline": "gender", "options": {"overlay": on}})
+
+        await wait_until(lambda: relay.forwarded >= 25, timeout=15)
+        await watch(1.0)
+        decoded = session.camera.received
+        assert relay.forwarding and decoded <= 1  # the camera's first frame is a keyframe: forwarded from it
+        for run in (1, 2):
+            overlay(True)  # drawn: decoded from the camera's next keyframe, then encoded
+            await watch(2.0)
+            assert not relay.forwarding and session.camera.received > decoded + 10
+            forwarded, sent = relay.forwarded, session.video_out.sent
+            await watch(1.0)
+            assert relay.forwarded == forwarded and session.video_out.sent > sent + 15
+            overlay(False)  # relayed again from the camera's next keyframe
+            await watch(2.0)
+            assert relay.forwarding and relay.forwarded > forwarded + 15 and relay.epoch == run + 1
+            decoded = session.camera.received
+        overlay(True)  # after forwarded frames, the encoder starts again with a keyframe of its own
+        await watch(2.0)
+        assert not relay.forwarding and session.camera.received > decoded + 10
+        assert relay.keyframes_asked >= 5  # one for each switch
+        gaps = np.diff(arrivals)
+        assert len(arrivals) > 250 and gaps.max() < 0.3, (len(arrivals), gaps.max())  # never stopped
+        assert decode_warnings() == []  # neither the client nor the server got a frame it could not decode
+    finally:
+        await client.close()
+
+
+async def test_camera_drawn_not_relayed_by_default_and_where_a_pipeline_reads_it(media_server):
+    for pipelines, options in ((["gender"], {}), (["commentary"], {"commentary": {"overlay": False}})):
+        client = StreamClient(media_server.url, pipelines, options=options)
+        answer = await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True),
+                                      PatternVideoTrack(320, 240))
+        try:
+            session = media_server.server.sessions[answer["session_id"]]
+            await wait_until(lambda: session.video_out.sent >= 20 and session.camera.received >= 20, timeout=15)
+            assert session.relay.forwarded == 0 and not session.relay.forwarding
+        finally:
+            await client.close()
