@@ -1,7 +1,7 @@
 """The one place where the server changes what aiortc keeps in private code: the VP8 encoder of
 the returned video, how an inbound audio track is received (``release_audio_early``: its
 jitter buffer; ``decode_audio_inline``: its decoder thread), and the seams of the camera relay
-(``route_video``, ``on_keyframe_request``, ``ask_keyframe``; tracks/relay.py).
+(``route_video``, ``on_keyframe_request``, ``on_picture_loss``, ``ask_keyframe``; tracks/relay.py).
 ``tests/test_capacity.py`` fails when an aiortc upgrade moves any of it.
 
 The encoder.
@@ -36,7 +36,8 @@ the camera's own VP8 frames are sent back as they came (tracks/relay.py): ``rout
 the relay in front of the video receiver's decoder thread (it decides, frame by frame, what is
 decoded), aiortc's sender packetizes the frames the returned track hands it as ``av.Packet``
 (its ``pack``, as for ``MediaPlayer(decode=False)``), ``on_keyframe_request`` tells the relay of
-the client's picture loss reports to our sender, and ``ask_keyframe`` sends one to the camera.
+the client's picture loss reports to our sender, ``on_picture_loss`` of those our receiver sends
+the camera (frames it dropped), and ``ask_keyframe`` asks the camera for a keyframe.
 After forwarded frames, ``RealtimeVp8Encoder`` starts again with a keyframe: the client's decoder
 holds the camera's pictures, not the encoder's.
 """
@@ -262,16 +263,33 @@ def on_keyframe_request(sender, callback) -> bool:
     return True
 
 
+def on_picture_loss(receiver, callback) -> bool:
+    """``callback()`` too whenever ``receiver`` itself reports lost pictures to the camera (its
+    jitter buffer overflowed waiting for a lost packet and dropped frames, or its decoder failed:
+    aiortc then sends a PLI)."""
+    original = getattr(receiver, "_send_rtcp_pli", None)
+    if not callable(original):
+        return False
+
+    async def send_pli(media_ssrc: int) -> None:
+        callback()
+        await original(media_ssrc)
+
+    receiver._send_rtcp_pli = send_pli
+    return True
+
+
 def ask_keyframe(receiver) -> asyncio.Task | None:
     """Ask the sender of what ``receiver`` receives for a keyframe (RTCP PLI, every SSRC heard
-    in the last 10 s); None where there is none to ask."""
-    send_pli = getattr(receiver, "_send_rtcp_pli", None)
+    in the last 10 s; not a loss: ``on_picture_loss``'s callback is not called); None where
+    there is none to ask."""
+    send_pli = getattr(type(receiver), "_send_rtcp_pli", None)
     sources = [s.source for s in receiver.getSynchronizationSources()]
     if send_pli is None or not sources:
         return None
 
     async def ask() -> None:
         for ssrc in sources:
-            await send_pli(ssrc)
+            await send_pli(receiver, ssrc)
 
     return asyncio.get_running_loop().create_task(ask())

@@ -107,6 +107,24 @@ async def test_relay_starts_again_from_a_keyframe_when_the_sender_falls_behind(m
     assert receiver.plis  # a keyframe was asked for at the overflow
 
 
+async def test_relay_holds_still_after_frames_our_receiver_lost():
+    relay = CameraRelay(LatestFrame(), lambda: True)
+    receiver = Receiver()
+    relay.attach(receiver, sends_vp8=True)
+    assert codecs.on_picture_loss(receiver, relay.picture_lost)
+    frames = vp8_frames(6, keyframes=(0, 4))
+    relay.route(VP8, JitterFrame(frames[0], timestamp=0))
+    relay.route(VP8, JitterFrame(frames[1], timestamp=1))
+    await codecs.ask_keyframe(receiver)  # our own request: not a loss, forwarding goes on
+    relay.route(VP8, JitterFrame(frames[2], timestamp=2))
+    await receiver._send_rtcp_pli(1234)  # as aiortc's jitter buffer does when it dropped frames
+    relay.route(VP8, JitterFrame(frames[3], timestamp=3))  # refers to a lost frame: not forwarded
+    relay.route(VP8, JitterFrame(frames[4], timestamp=4))  # the keyframe asked for
+    relay.route(VP8, JitterFrame(frames[5], timestamp=5))
+    assert [t for _, t, _ in relay._frames] == [0, 1, 2, 4, 5] and relay.dropped == 1
+    assert receiver.plis == [1234, 1234]
+
+
 async def test_relay_stops_when_the_camera_goes_silent_and_not_for_other_codecs(monkeypatch):
     monkeypatch.setattr(relay_module, "STALL_SECONDS", 0.2)
     camera = LatestFrame()
@@ -140,7 +158,9 @@ async def test_aiortc_video_path_is_where_the_relay_expects_it():
     assert "self.__encoder.pack(data)" in next_frame and "isinstance(data, Frame)" in next_frame
     assert "self.picture_id" in inspect.getsource(vpx.Vp8Encoder.pack)
     assert list(inspect.signature(RTCRtpReceiver._send_rtcp_pli).parameters) == ["self", "media_ssrc"]
-    assert "self.__decoder_queue.put((codec, encoded_frame))" in inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    handle_rtp = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__decoder_queue.put((codec, encoded_frame))" in handle_rtp
+    assert "await self._send_rtcp_pli(packet.ssrc)" in handle_rtp  # what on_picture_loss sees
 
     class Transport:
         state = "new"

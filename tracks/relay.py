@@ -9,7 +9,9 @@ returned video drawn (tracks/outbound.py ``SynthVideoTrack``), as before.
 Every switch happens at one of the camera's keyframes (asked for with a PLI): to relaying, the
 client's decoder must start from one; back to drawing, our decoder must. Until the decoder has
 made a picture, the camera's frames are still forwarded, so the returned video never stops. A
-client's picture loss report to our sender is passed on to the camera while relaying.
+client's picture loss report to our sender is passed on to the camera while relaying; after
+frames our receiver lost (it asks the camera for a keyframe then), nothing is forwarded until the
+keyframe: the client's picture holds still rather than decode frames that refer to missing ones.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from media.buffers import LatestFrame
 
 MAX_FRAMES = 30  # forwarded frames waiting for the sender; beyond, it is not pulling: start again at a keyframe
 KEYFRAME_INTERVAL = 0.5  # seconds between keyframe requests to the camera
-STALL_SECONDS = 1.0  # no camera frame for this long: stop relaying (the returned video shows the card)
+STALL_SECONDS = 2.0  # no camera frame for this long: stop relaying (the returned video shows the card;
+# a browser sends a disabled camera as black frames, about one a second)
 
 
 class CameraRelay:
@@ -110,6 +113,12 @@ class CameraRelay:
             self.keyframes_asked += 1
             self._asks.add(task)
             task.add_done_callback(self._asks.discard)
+
+    def picture_lost(self) -> None:
+        """Our receiver dropped camera frames (and asked the camera for a keyframe): what follows
+        refers to pictures the client never gets, so nothing is forwarded until that keyframe."""
+        if self.forwarding:
+            self._gap = True
 
     def keyframe_requested(self) -> None:
         """The client lost pictures of the returned video (its PLI to our sender)."""

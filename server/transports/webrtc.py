@@ -71,6 +71,7 @@ class Peer:
             elif camera is None and self.session.room is None:  # a room relays it to the others
                 camera = transceiver.receiver
                 codecs.route_video(camera, self.session.relay.route)
+                codecs.on_picture_loss(camera, self.session.relay.picture_lost)
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "audio" in kinds:
             self.pc.addTrack(Feed(self.session.audio_out))  # reuses the offer's audio transceiver
