@@ -282,3 +282,32 @@ async def test_camera_drawn_not_relayed_by_default_and_where_a_pipeline_reads_it
             assert session.relay.forwarded == 0 and not session.relay.forwarding
         finally:
             await client.close()
+
+
+async def test_camera_relayed_again_after_a_resume(media_server, decode_warnings):
+    """A new connection's camera starts its own stream: the relay follows it from its first
+    keyframe, on the new connection's clock, and the returned video goes on."""
+    client = StreamClient(media_server.url, ["gender"], options={"gender": {"overlay": False}})
+    client.keep_frames = 1
+    silence = np.zeros(16000, np.float32)
+    await client.connect(ArrayAudioTrack(silence, 16000, loop=True), PatternVideoTrack(320, 240))
+    try:
+        await client.next_event("ready")
+        (session,) = media_server.server.sessions.values()
+        relay = session.relay
+        await wait_until(lambda: relay.forwarded >= 25, timeout=15)
+        first_receiver = relay.receiver
+        await client.pc.close()
+        await wait_until(lambda: session.peer.lost)
+        forwarded, returned = relay.forwarded, client.frame_counts["video"]
+        await client.resume(ArrayAudioTrack(silence, 16000, loop=True), PatternVideoTrack(320, 240))
+        await client.next_event("resumed")
+        await wait_until(lambda: relay.forwarded >= forwarded + 25
+                         and client.frame_counts["video"] >= returned + 25, timeout=15)
+        assert relay.receiver is not first_receiver and relay.forwarding and relay.epoch == 2
+        assert session.camera.received <= 1
+        frame = client.received["video"][-1][1]
+        assert (frame.width, frame.height) == (320, 240) and pattern_psnr(frame) > 25
+        assert decode_warnings() == []
+    finally:
+        await client.close()
