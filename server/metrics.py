@@ -20,6 +20,8 @@ class Metrics:
         self.frames_out = Counter("mms_frames_out", "Media frames sent", ["kind"], registry=r)
         self.frames_dropped = Counter("mms_frames_dropped", "Inbound video frames replaced before use",
                                       registry=r)
+        self.video_relayed = Counter("mms_video_relayed", "Camera frames sent back as they came, neither "
+                                     "decoded nor encoded (nothing drawn: tracks/relay.py)", registry=r)
         self.events_out = Counter("mms_events_out", "Data-channel events sent", ["type"], registry=r)
         self.events_dropped = Counter("mms_events_dropped", "Events dropped (channel backlog)", registry=r)
         self.loop_lag = Histogram("mms_event_loop_lag_seconds", "Event-loop scheduling lag",

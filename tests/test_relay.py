@@ -264,6 +264,8 @@ async def test_camera_relayed_while_nothing_is_drawn_and_drawn_again_on_config(m
         await watch(2.0)
         assert not relay.forwarding and session.camera.received > decoded + 10
         assert relay.keyframes_asked >= 5  # one for each switch
+        relayed = session.metrics.registry.get_sample_value("mms_video_relayed_total")
+        assert relayed == relay.forwarded  # (/metrics)
         gaps = np.diff(arrivals)
         assert len(arrivals) > 250 and gaps.max() < 0.3, (len(arrivals), gaps.max())  # never stopped
         assert decode_warnings() == []  # neither the client nor the server got a frame it could not decode

@@ -31,10 +31,11 @@ STALL_SECONDS = 2.0  # no camera frame for this long: stop relaying (the returne
 
 class CameraRelay:
     def __init__(self, camera: LatestFrame, wanted: Callable[[], bool],
-                 on_frame: Callable[[], None] | None = None):
+                 on_frame: Callable[[], None] | None = None, on_forward: Callable[[], None] | None = None):
         self.camera = camera
         self.wanted = wanted  # () -> whether the returned video may be the camera's frames as they are
-        self.on_frame = on_frame  # each camera frame forwarded and not decoded (decoded ones are counted there)
+        self.on_frame = on_frame  # each camera frame not decoded (decoded ones are counted where they are read)
+        self.on_forward = on_forward  # each camera frame handed to the returned track
         self.receiver = None  # the camera's RTCRtpReceiver, on the session's current connection
         self.sends_vp8 = False  # that connection returns VP8 video
         self.forwarding = False  # the returned video is the camera's frames
@@ -146,4 +147,6 @@ class CameraRelay:
                     self._stop(decode=False)
                     return None
         self.forwarded += 1
+        if self.on_forward:
+            self.on_forward()
         return self._frames.popleft()

@@ -149,7 +149,8 @@ class WebRTCSession(Session):
         self.last_seen = self.started
         self._heard = False  # any media or message from the client yet
         self.camera = LatestFrame(on_drop=self.metrics.frames_dropped.inc)
-        self.relay = CameraRelay(self.camera, self._returns_camera_as_is, on_frame=self._relayed_frame)
+        self.relay = CameraRelay(self.camera, self._returns_camera_as_is, on_frame=self._camera_frame,
+                                 on_forward=self.metrics.video_relayed.inc)
         self.audio_out = OpusSpeechTrack(on_frame=self.metrics.frames_out.labels("audio").inc)
         self.video_out = SynthVideoTrack(self.camera, self.overlay_items, fps=self.settings.video_fps,
                                          on_frame=self.metrics.frames_out.labels("video").inc, relay=self.relay)
@@ -305,7 +306,8 @@ class WebRTCSession(Session):
         return (self.room is None and self.recorder is None and self.video_out.source is None
                 and not any(p.uses_camera or p.options.get("overlay", True) for p in self.pipelines.values()))
 
-    def _relayed_frame(self) -> None:
+    def _camera_frame(self) -> None:
+        """A camera frame the relay took and did not decode (read_video counts the others)."""
         self.touch()
         self.metrics.frames_in.labels("video").inc()
 
