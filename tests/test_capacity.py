@@ -240,3 +240,18 @@ async def test_opus_track_sends_frames_where_opus_was_not_negotiated():
 
     frame = await OpusSpeechTrack().recv()
     assert isinstance(frame, av.AudioFrame)
+
+
+def test_i420_frame_is_from_ndarray_faster_with_padded_planes():
+    import av
+
+    from tracks.outbound import i420_frame
+
+    for width, height in ((320, 240), (330, 250), (1282, 722), (2, 2)):  # 330 and 1282: padded lines
+        image = np.random.default_rng(width).integers(0, 256, (height, width, 3), np.uint8)
+        planes = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p").to_ndarray()
+        frame = i420_frame(planes)
+        assert (frame.width, frame.height, frame.format.name) == (width, height, "yuv420p")
+        assert np.array_equal(frame.to_ndarray(format="yuv420p"), planes)
+        assert np.array_equal(frame.to_ndarray(format="bgr24"),
+                              av.VideoFrame.from_ndarray(planes, format="yuv420p").to_ndarray(format="bgr24"))

