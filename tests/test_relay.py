@@ -107,6 +107,22 @@ async def test_relay_starts_again_from_a_keyframe_when_the_sender_falls_behind(m
     assert receiver.plis  # a keyframe was asked for at the overflow
 
 
+async def test_client_picture_loss_reaches_the_camera_only_while_relaying(monkeypatch):
+    monkeypatch.setattr(relay_module, "KEYFRAME_INTERVAL", 0.0)
+    wanted = [False]
+    relay = CameraRelay(LatestFrame(), lambda: wanted[0])
+    receiver = Receiver()
+    relay.attach(receiver, sends_vp8=True)
+    relay.keyframe_requested()  # drawn: our encoder answers it (aiortc's flag), the camera is not asked
+    await asyncio.sleep(0)
+    assert receiver.plis == []
+    wanted[0] = True
+    relay.route(VP8, JitterFrame(vp8_frames(1)[0], timestamp=0))
+    relay.keyframe_requested()
+    await asyncio.sleep(0)
+    assert relay.forwarding and receiver.plis == [1234]
+
+
 async def test_relay_holds_still_after_frames_our_receiver_lost():
     relay = CameraRelay(LatestFrame(), lambda: True)
     receiver = Receiver()
