@@ -154,6 +154,12 @@ async def test_relay_stops_when_the_camera_goes_silent_and_not_for_other_codecs(
     started = time.monotonic()
     assert await relay.next() is None and time.monotonic() - started >= 0.2
     assert not relay.forwarding and not relay.decoding  # both wait for the camera's next keyframe
+    relay.route(VP8, JitterFrame(frames[0], timestamp=2))  # the camera's next keyframe: relayed again
+    assert (await relay.next())[1:] == (2, 2)
+    waiting = asyncio.ensure_future(relay.next())
+    await asyncio.sleep(0.01)
+    relay.attach(Receiver(), sends_vp8=True)  # a new connection: the track waiting stops waiting
+    assert await asyncio.wait_for(waiting, 0.1) is None
     assert relay.route(H264, JitterFrame(b"\x00\x00\x00\x01", timestamp=1))  # not VP8: decoded, never forwarded
     h264_only = CameraRelay(LatestFrame(), lambda: True)
     h264_only.attach(Receiver(), sends_vp8=False)  # VP8 in, but not negotiated back

@@ -62,6 +62,7 @@ class CameraRelay:
         if decode and not self.decoding:
             self.decoding, self._decoded_from = True, self.camera.received
         self._frames.clear()
+        self._arrived.set()  # a track waiting in next() draws at once
 
     # --- the camera's side (aiortc's receive path, on the loop) ------------------------------------
     def route(self, codec, frame) -> bool:
