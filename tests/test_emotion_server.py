@@ -51,7 +51,7 @@ async def test_astronaut_video_is_happy_and_drawn_on_video(media_server):
         event = await next_emotion(client, timeout=FIRST_EVENT_TIMEOUT)
         events = [event] + [await next_emotion(client) for _ in range(4)]
         for e in events:
-            assert e["label"] == "happy", e
+            assert e["label"] == "happy", (e["t"], e["label"], e["score"], e["modalities"])
             assert e["modalities"]["face"]["label"] == "happy" and e["modalities"]["face"]["backend"] == "fer-tflite"
             assert e["modalities"]["voice"] is None and e["modalities"]["text"] is None
             assert e["fusion"] == "confidence-weighted" and e["flag"] is None
