@@ -7,6 +7,7 @@ import asyncio
 import fractions
 import logging
 import time
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import av
@@ -43,13 +44,15 @@ def vp8_frames(count: int, keyframes: tuple[int, ...] = (0,), size=(64, 48)) -> 
 
 
 class Receiver:
-    """What the relay reads of aiortc's RTCRtpReceiver: the camera's SSRC and its PLI."""
+    """What the relay reads of aiortc's RTCRtpReceiver: the camera's SSRC, when it was last heard,
+    and its PLI."""
 
     def __init__(self):
         self.plis: list[int] = []
+        self.heard = datetime.now(timezone.utc) - timedelta(seconds=9)
 
     def getSynchronizationSources(self):
-        return [SimpleNamespace(source=1234)]
+        return [SimpleNamespace(source=1234, timestamp=self.heard)]
 
     async def _send_rtcp_pli(self, ssrc: int) -> None:
         self.plis.append(ssrc)
@@ -146,13 +149,19 @@ async def test_relay_stops_when_the_camera_goes_silent_and_not_for_other_codecs(
     camera = LatestFrame()
     camera.put(object())
     relay = CameraRelay(camera, lambda: True)
-    relay.attach(Receiver(), sends_vp8=True)
+    receiver = Receiver()
+    relay.attach(receiver, sends_vp8=True)
     frames = vp8_frames(2)
     assert not relay.route(VP8, JitterFrame(frames[0], timestamp=0))
     assert camera.frame is None  # nothing stale to draw when relaying stops
     await relay.next()
+    waiting = asyncio.ensure_future(relay.next())
+    for _ in range(10):  # packets still arrive, frames held back (a loss): no stall
+        receiver.heard = datetime.now(timezone.utc)
+        await asyncio.sleep(0.05)
+    assert not waiting.done() and relay.forwarding
     started = time.monotonic()
-    assert await relay.next() is None and time.monotonic() - started >= 0.2
+    assert await waiting is None and time.monotonic() - started >= 0.1  # silent since: stopped
     assert not relay.forwarding and not relay.decoding  # both wait for the camera's next keyframe
     relay.route(VP8, JitterFrame(frames[0], timestamp=2))  # the camera's next keyframe: relayed again
     assert (await relay.next())[1:] == (2, 2)
@@ -330,6 +339,52 @@ async def test_camera_relayed_again_after_a_resume(media_server, decode_warnings
                          and client.frame_counts["video"] >= returned + 25, timeout=15)
         assert relay.receiver is not first_receiver and relay.forwarding and relay.epoch == 2
         assert session.camera.received <= 1
+        frame = client.received["video"][-1][1]
+        assert (frame.width, frame.height) == (320, 240) and pattern_psnr(frame) > 25
+        assert decode_warnings() == []
+    finally:
+        await client.close()
+
+
+async def test_relayed_video_recovers_from_frames_lost_for_good(media_server, decode_warnings, monkeypatch):
+    """Camera packets lost for good (their retransmissions too): aiortc's jitter buffer gives up
+    on them, asks the camera for a keyframe, and the relay forwards nothing until it: the client's
+    picture holds still, then goes on whole; it never decodes frames that refer to missing ones."""
+    from aiortc import jitterbuffer, rtcrtpreceiver
+
+    def small(capacity, prefetch=0, is_video=False):  # aiortc's video buffer holds 512 packets: 16 s here
+        return jitterbuffer.JitterBuffer(64 if is_video else capacity, prefetch, is_video)
+
+    monkeypatch.setattr(rtcrtpreceiver, "JitterBuffer", small)
+    client = StreamClient(media_server.url, ["gender"], options={"gender": {"overlay": False}})
+    client.keep_frames = 1
+    await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True), PatternVideoTrack(320, 240))
+    try:
+        await client.next_event("ready")
+        (session,) = media_server.server.sessions.values()
+        relay = session.relay
+        await wait_until(lambda: relay.forwarded >= 25, timeout=15)
+        receiver = relay.receiver
+        handle, rtx_ssrcs = receiver._handle_rtp_packet, receiver._RTCRtpReceiver__rtx_ssrc
+        lost: set[int] = set()
+
+        async def lossy(packet, arrival_time_ms):
+            rtx = packet.ssrc in rtx_ssrcs
+            sequence = int.from_bytes(packet.payload[:2], "big") if rtx else packet.sequence_number
+            if not rtx and len(lost) < 3 and packet.payload:
+                lost.add(sequence)  # three packets of the camera, never to arrive
+            if sequence not in lost:
+                await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = lossy
+        dropped, asked = relay.dropped, relay.keyframes_asked
+        monkeypatch.setattr(relay_module, "STALL_SECONDS", 1.0)  # frames held back longer than this: not a stall
+        await wait_until(lambda: relay.dropped > dropped, timeout=15)  # the frames after the loss: not forwarded
+        forwarded = relay.forwarded
+        await wait_until(lambda: relay.forwarded >= forwarded + 25, timeout=15)  # from the keyframe on
+        assert relay.forwarding and len(lost) == 3 and session.camera.received <= 1
+        assert relay.keyframes_asked == asked and relay.epoch == 1  # aiortc's receiver asked; the picture held
+        await asyncio.sleep(0.3)
         frame = client.received["video"][-1][1]
         assert (frame.width, frame.height) == (320, 240) and pattern_psnr(frame) > 25
         assert decode_warnings() == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from datetime import datetime, timezone
 from typing import Callable
 
 from media import codecs
@@ -25,8 +26,10 @@ from media.buffers import LatestFrame
 
 MAX_FRAMES = 30  # forwarded frames waiting for the sender; beyond, it is not pulling: start again at a keyframe
 KEYFRAME_INTERVAL = 0.5  # seconds between keyframe requests to the camera
-STALL_SECONDS = 2.0  # no camera frame for this long: stop relaying (the returned video shows the card;
-# a browser sends a disabled camera as black frames, about one a second)
+STALL_SECONDS = 2.0  # no camera frame nor packet for this long: stop relaying (the returned video shows
+# the card; a browser sends a disabled camera as black frames, about one a second). While packets
+# still arrive, frames are only held back (aiortc's jitter buffer waits for a lost one): the
+# returned picture holds still.
 
 
 class CameraRelay:
@@ -127,6 +130,12 @@ class CameraRelay:
         if self.forwarding:
             self.ask_keyframe()
 
+    def _camera_heard(self) -> bool:
+        """Whether the camera's packets arrived within ``STALL_SECONDS``."""
+        now = datetime.now(timezone.utc)
+        return self.receiver is not None and any(
+            (now - source.timestamp).total_seconds() < STALL_SECONDS for source in self.receiver.getSynchronizationSources())
+
     # --- the returned track's side -----------------------------------------------------------------
     def active(self) -> bool:
         """Whether the returned video's next frame is a forwarded one."""
@@ -136,7 +145,7 @@ class CameraRelay:
 
     async def next(self) -> tuple[bytes, int, int] | None:
         """The next camera frame to send back: (VP8 frame, camera timestamp at 90 kHz, epoch);
-        None when the relay stopped (no camera frame for ``STALL_SECONDS``, or it was switched off)."""
+        None when the relay stopped (nothing from the camera for ``STALL_SECONDS``, or it was switched off)."""
         while not self._frames:
             if not self.forwarding:
                 return None
@@ -144,8 +153,8 @@ class CameraRelay:
             try:
                 await asyncio.wait_for(self._arrived.wait(), STALL_SECONDS)
             except TimeoutError:
-                if self.forwarding and not self._frames:  # until the camera's next keyframe
-                    self._stop(decode=False)
+                if self.forwarding and not self._frames and not self._camera_heard():
+                    self._stop(decode=False)  # until the camera's next keyframe
                     return None
         self.forwarded += 1
         if self.on_forward:
