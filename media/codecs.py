@@ -1,7 +1,8 @@
 """The one place where the server changes what aiortc keeps in private code: the VP8 encoder of
 the returned video, how an inbound audio track is received (``release_audio_early``: its
 jitter buffer; ``decode_audio_inline``: its decoder thread), and the seams of the camera relay
-(``route_video``, ``on_keyframe_request``, ``on_picture_loss``, ``ask_keyframe``; tracks/relay.py).
+(``route_video``, ``on_keyframe_request``, ``on_picture_loss``, ``ask_keyframe``; tracks/relay.py),
+and how long a video receiver waits for a lost packet (``bound_video_wait``).
 ``tests/test_capacity.py`` fails when an aiortc upgrade moves any of it.
 
 The encoder.
@@ -49,9 +50,13 @@ import multiprocessing
 import queue
 import threading
 
+import time
+
 import av
 from aiortc import rtcrtpreceiver, rtcrtpsender
 from aiortc.codecs import vpx
+from aiortc.jitterbuffer import MAX_MISORDER, JitterBuffer
+from aiortc.utils import uint16_add
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +298,76 @@ def ask_keyframe(receiver) -> asyncio.Task | None:
             await send_pli(receiver, ssrc)
 
     return asyncio.get_running_loop().create_task(ask())
+
+
+# --- a lost video packet: waited for a bounded time -----------------------------------------------
+MAX_HOLE_WAIT = 1.0  # seconds a video frame waits for a lost packet (its retransmission) before it is given up
+
+
+class BoundedJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer releases frames in order, and waits for a lost packet until
+    512 newer ones have come (5-16 s of video at 100-30 packets a second) before it gives the frame
+    up and asks for a keyframe: a packet lost for good (its retransmission too) froze the video
+    that long. This one gives up after ``MAX_HOLE_WAIT``: the packets up to the hole and the rest
+    of the frames it broke are dropped, and ``add`` returns the PLI flag, as aiortc's does on overflow."""
+
+    def __init__(self, capacity: int = 512, prefetch: int = 0, is_video: bool = True):
+        super().__init__(capacity, prefetch, is_video)
+        self._hole_since: float | None = None
+        self._newest: int | None = None  # the newest sequence number seen
+
+    def _hole(self) -> int | None:
+        """Packets from the origin to the first missing one, where newer packets wait behind it."""
+        if self._origin is None or self._newest is None:
+            return None
+        span = uint16_add(self._newest, -self._origin)  # the newest packet's place after the origin
+        if span >= self.capacity:
+            return None
+        for count in range(span):
+            if self._packets[(self._origin + count) % self.capacity] is None:
+                return count
+        return None
+
+    def add(self, packet) -> tuple[bool, object]:
+        sequence = packet.sequence_number
+        restart = self._origin is not None and MAX_MISORDER <= uint16_add(self._origin, -sequence) < uint16_add(
+            sequence, -self._origin)  # aiortc's add() starts over from this packet
+        if self._newest is None or restart or 0 < uint16_add(sequence, -self._newest) < 0x8000:
+            self._newest = sequence
+        pli_flag, frame = super().add(packet)
+        if frame is not None:
+            self._hole_since = None
+            return pli_flag, frame
+        hole = self._hole()
+        if hole is None:
+            self._hole_since = None
+            return pli_flag, frame
+        now = time.monotonic()
+        if self._hole_since is None:
+            self._hole_since = now
+        if now - self._hole_since < MAX_HOLE_WAIT:
+            return pli_flag, frame
+        self._hole_since = None
+        self.remove(hole + 1)  # what came before the hole, and the hole
+        after = next((p for count in range(self.capacity)
+                      if (p := self._packets[(self._origin + count) % self.capacity]) is not None), None)
+        while after is not None and self._packets[self._origin % self.capacity] is None:
+            self._origin = uint16_add(self._origin, 1)  # up to the first packet after the hole
+        timestamp = after.timestamp if after is not None else None
+        while timestamp is not None:  # the rest of the frame the hole broke
+            current = self._packets[self._origin % self.capacity]
+            if current is None or current.timestamp != timestamp:
+                break
+            self.remove(1)
+        return True, self._remove_frame(packet.sequence_number)
+
+
+def bound_video_wait(receiver) -> bool:
+    """Before a video receiver starts: a lost packet holds its frames back ``MAX_HOLE_WAIT`` at
+    most (``BoundedJitterBuffer``). False, changing nothing, where aiortc's private attributes
+    are not what this expects."""
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if type(buffer) is not JitterBuffer or not getattr(buffer, "_is_video", False) or buffer._origin is not None:
+        return False
+    receiver._RTCRtpReceiver__jitter_buffer = BoundedJitterBuffer(buffer.capacity, buffer._prefetch)
+    return True

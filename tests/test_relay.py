@@ -58,6 +58,36 @@ class Receiver:
         self.plis.append(ssrc)
 
 
+def rtp(sequence: int, timestamp: int):
+    from aiortc.rtp import RtpPacket
+
+    packet = RtpPacket(payload_type=96, sequence_number=sequence % 65536, timestamp=timestamp)
+    packet._data = bytes([sequence % 256])  # what aiortc's receiver sets (the depayloaded data)
+    return packet
+
+
+def test_jitter_buffer_gives_a_lost_packet_up_after_a_bounded_wait(monkeypatch):
+    monkeypatch.setattr(codecs, "MAX_HOLE_WAIT", 0.05)
+    buffer = codecs.BoundedJitterBuffer()
+    out = [buffer.add(rtp(s, 3000 * (s // 2))) for s in range(65530, 65534)]  # two frames of two packets
+    assert [f.timestamp if f else None for _, f in out] == [None, None, 3000 * 32765, None]
+    for s in (65535, 65536, 65537, 65538, 65539):  # 65534 (the next frame's first) is lost
+        assert buffer.add(rtp(s, 3000 * (s // 2))) == (False, None)  # held back, waiting
+    time.sleep(0.06)
+    pli, frame = buffer.add(rtp(65540, 3000 * 32770))  # waited long enough: given up, a keyframe asked for
+    # dropped: what came before the hole (65532-65533: whether complete cannot be told), and the
+    # rest of the frame after it (65535); out: 65536 + 65537, then on as before
+    assert pli and frame.timestamp == 3000 * 32768 and frame.data == bytes([0, 1])
+    pli, frame = buffer.add(rtp(65541, 3000 * 32770))
+    assert not pli and frame.timestamp == 3000 * 32769 and frame.data == bytes([2, 3])
+    # a retransmission in time: nothing given up
+    buffer = codecs.BoundedJitterBuffer()
+    for s in (0, 1, 3, 4):
+        assert buffer.add(rtp(s, 3000 * (s // 2)))[0] is False
+    pli, frame = buffer.add(rtp(2, 3000))
+    assert not pli and frame.data == bytes([0, 1])
+
+
 def test_vp8_keyframe_reads_the_frame_tag():
     frames = vp8_frames(6, keyframes=(0, 4))
     assert [codecs.vp8_keyframe(f) for f in frames] == [True, False, False, False, True, False]
@@ -200,7 +230,14 @@ async def test_aiortc_video_path_is_where_the_relay_expects_it():
         def _send_rtp(self, data):
             pass
 
+    assert "JitterBuffer(capacity=512, is_video=True)" in inspect.getsource(RTCRtpReceiver.__init__)
+    assert "self.__jitter_buffer.add(packet)" in handle_rtp  # what BoundedJitterBuffer stands in for
     receiver = RTCRtpReceiver("video", Transport())
+    assert codecs.bound_video_wait(receiver)
+    assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, codecs.BoundedJitterBuffer)
+    assert receiver._RTCRtpReceiver__jitter_buffer.capacity == 512
+    assert not codecs.bound_video_wait(receiver)  # once
+    assert not codecs.bound_video_wait(RTCRtpReceiver("audio", Transport()))  # video only
     assert codecs.route_video(receiver, lambda codec, frame: True)
     assert isinstance(receiver._RTCRtpReceiver__decoder_queue, codecs.VideoRoute)
     assert not codecs.route_video(receiver, lambda codec, frame: True)  # once
@@ -347,15 +384,11 @@ async def test_camera_relayed_again_after_a_resume(media_server, decode_warnings
 
 
 async def test_relayed_video_recovers_from_frames_lost_for_good(media_server, decode_warnings, monkeypatch):
-    """Camera packets lost for good (their retransmissions too): aiortc's jitter buffer gives up
-    on them, asks the camera for a keyframe, and the relay forwards nothing until it: the client's
-    picture holds still, then goes on whole; it never decodes frames that refer to missing ones."""
-    from aiortc import jitterbuffer, rtcrtpreceiver
-
-    def small(capacity, prefetch=0, is_video=False):  # aiortc's video buffer holds 512 packets: 16 s here
-        return jitterbuffer.JitterBuffer(64 if is_video else capacity, prefetch, is_video)
-
-    monkeypatch.setattr(rtcrtpreceiver, "JitterBuffer", small)
+    """Camera packets lost for good (their retransmissions too): the receiver gives up on them
+    after MAX_HOLE_WAIT (media/codecs.py BoundedJitterBuffer; aiortc's own waited for 512 more
+    packets, 16 s of this stream) and asks the camera for a keyframe, and the relay forwards
+    nothing until it: the client's picture holds still, then goes on whole; it never decodes
+    frames that refer to missing ones."""
     client = StreamClient(media_server.url, ["gender"], options={"gender": {"overlay": False}})
     client.keep_frames = 1
     await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True), PatternVideoTrack(320, 240))
@@ -379,9 +412,11 @@ async def test_relayed_video_recovers_from_frames_lost_for_good(media_server, de
         receiver._handle_rtp_packet = lossy
         dropped, asked = relay.dropped, relay.keyframes_asked
         monkeypatch.setattr(relay_module, "STALL_SECONDS", 1.0)  # frames held back longer than this: not a stall
-        await wait_until(lambda: relay.dropped > dropped, timeout=15)  # the frames after the loss: not forwarded
+        lost_at = time.monotonic()
+        await wait_until(lambda: relay.dropped > dropped, timeout=5)  # the frames after the loss: not forwarded
         forwarded = relay.forwarded
-        await wait_until(lambda: relay.forwarded >= forwarded + 25, timeout=15)  # from the keyframe on
+        await wait_until(lambda: relay.forwarded >= forwarded + 25, timeout=5)  # from the keyframe on
+        assert time.monotonic() - lost_at < 4
         assert relay.forwarding and len(lost) == 3 and session.camera.received <= 1
         assert relay.keyframes_asked == asked and relay.epoch == 1  # aiortc's receiver asked; the picture held
         await asyncio.sleep(0.3)

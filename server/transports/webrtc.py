@@ -68,10 +68,12 @@ class Peer:
             if transceiver.kind == "audio":
                 codecs.release_audio_early(transceiver.receiver)
                 codecs.decode_audio_inline(transceiver.receiver)
-            elif camera is None and self.session.room is None:  # a room relays it to the others
-                camera = transceiver.receiver
-                codecs.route_video(camera, self.session.relay.route)
-                codecs.on_picture_loss(camera, self.session.relay.picture_lost)
+            else:
+                codecs.bound_video_wait(transceiver.receiver)  # a lost packet holds video back 1 s at most
+                if camera is None and self.session.room is None:  # a room relays it to the others
+                    camera = transceiver.receiver
+                    codecs.route_video(camera, self.session.relay.route)
+                    codecs.on_picture_loss(camera, self.session.relay.picture_lost)
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "audio" in kinds:
             self.pc.addTrack(Feed(self.session.audio_out))  # reuses the offer's audio transceiver
