@@ -349,16 +349,13 @@ class BoundedJitterBuffer(JitterBuffer):
             return pli_flag, frame
         self._hole_since = None
         self.remove(hole + 1)  # what came before the hole, and the hole
-        after = next((p for count in range(self.capacity)
-                      if (p := self._packets[(self._origin + count) % self.capacity]) is not None), None)
-        while after is not None and self._packets[self._origin % self.capacity] is None:
-            self._origin = uint16_add(self._origin, 1)  # up to the first packet after the hole
-        timestamp = after.timestamp if after is not None else None
-        while timestamp is not None:  # the rest of the frame the hole broke
-            current = self._packets[self._origin % self.capacity]
-            if current is None or current.timestamp != timestamp:
-                break
-            self.remove(1)
+        skip = next((count for count in range(self.capacity)
+                     if self._packets[(self._origin + count) % self.capacity] is not None), None)
+        if skip is not None:
+            self.remove(skip)  # up to the first packet after the hole
+            timestamp = self._packets[self._origin % self.capacity].timestamp
+            while (current := self._packets[self._origin % self.capacity]) is not None and current.timestamp == timestamp:
+                self.remove(1)  # the rest of the frame the hole broke
         return True, self._remove_frame(packet.sequence_number)
 
 
