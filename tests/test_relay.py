@@ -4,6 +4,7 @@ drawing happens at a keyframe, with no gap in the returned video and nothing the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import logging
 import time
@@ -288,14 +289,33 @@ def pattern_psnr(frame) -> float:
     return best
 
 
-async def test_camera_relayed_while_nothing_is_drawn_and_drawn_again_on_config(media_server, decode_warnings):
+def silence() -> ArrayAudioTrack:
+    return ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True)
+
+
+def assert_camera_picture(client: StreamClient) -> None:
+    """The last returned frame is the camera's picture, whole (the client decoded every frame)."""
+    frame = client.received["video"][-1][1]
+    assert (frame.width, frame.height) == (320, 240) and pattern_psnr(frame) > 25
+
+
+@contextlib.asynccontextmanager
+async def relayed_client(media_server):
+    """A ``gender`` client with its overlay off, and its session, once 25 camera frames went back."""
     client = StreamClient(media_server.url, ["gender"], options={"gender": {"overlay": False}})
     client.keep_frames = 1
-    arrivals: list[float] = []
-    answer = await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True),
-                                  PatternVideoTrack(320, 240))
+    answer = await client.connect(silence(), PatternVideoTrack(320, 240))
     try:
         session = media_server.server.sessions[answer["session_id"]]
+        await wait_until(lambda: session.relay.forwarded >= 25, timeout=15)
+        yield client, session
+    finally:
+        await client.close()
+
+
+async def test_camera_relayed_while_nothing_is_drawn_and_drawn_again_on_config(media_server, decode_warnings):
+    arrivals: list[float] = []
+    async with relayed_client(media_server) as (client, session):
         relay = session.relay
 
         async def watch(seconds: float) -> None:  # the returned video's arrivals
@@ -306,14 +326,11 @@ async def test_camera_relayed_while_nothing_is_drawn_and_drawn_again_on_config(m
                     count = client.frame_counts["video"]
                     arrivals.append(time.monotonic())
                 await asyncio.sleep(0.01)
-            frame = client.received["video"][-1][1]
-            assert (frame.width, frame.height) == (320, 240)
-            assert pattern_psnr(frame) > 25  # the camera's picture, whole (the client decoded every frame)
+            assert_camera_picture(client)
 
         def overlay(on: bool) -> None:
             client.send({"type": "config", "pipeline": "gender", "options": {"overlay": on}})
 
-        await wait_until(lambda: relay.forwarded >= 25, timeout=15)
         await watch(1.0)
         decoded = session.camera.received
         assert relay.forwarding and decoded <= 1  # the camera's first frame is a keyframe: forwarded from it
@@ -337,15 +354,12 @@ async def test_camera_relayed_while_nothing_is_drawn_and_drawn_again_on_config(m
         gaps = np.diff(arrivals)
         assert len(arrivals) > 250 and gaps.max() < 0.3, (len(arrivals), gaps.max())  # never stopped
         assert decode_warnings() == []  # neither the client nor the server got a frame it could not decode
-    finally:
-        await client.close()
 
 
 async def test_camera_drawn_not_relayed_by_default_and_where_a_pipeline_reads_it(media_server):
     for pipelines, options in ((["gender"], {}), (["commentary"], {"commentary": {"overlay": False}})):
         client = StreamClient(media_server.url, pipelines, options=options)
-        answer = await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True),
-                                      PatternVideoTrack(320, 240))
+        answer = await client.connect(silence(), PatternVideoTrack(320, 240))
         try:
             session = media_server.server.sessions[answer["session_id"]]
             await wait_until(lambda: session.video_out.sent >= 20 and session.camera.received >= 20, timeout=15)
@@ -357,30 +371,21 @@ async def test_camera_drawn_not_relayed_by_default_and_where_a_pipeline_reads_it
 async def test_camera_relayed_again_after_a_resume(media_server, decode_warnings):
     """A new connection's camera starts its own stream: the relay follows it from its first
     keyframe, on the new connection's clock, and the returned video goes on."""
-    client = StreamClient(media_server.url, ["gender"], options={"gender": {"overlay": False}})
-    client.keep_frames = 1
-    silence = np.zeros(16000, np.float32)
-    await client.connect(ArrayAudioTrack(silence, 16000, loop=True), PatternVideoTrack(320, 240))
-    try:
-        await client.next_event("ready")
-        (session,) = media_server.server.sessions.values()
+    async with relayed_client(media_server) as (client, session):
+        await client.next_event("ready")  # (its resume token)
         relay = session.relay
-        await wait_until(lambda: relay.forwarded >= 25, timeout=15)
         first_receiver = relay.receiver
         await client.pc.close()
         await wait_until(lambda: session.peer.lost)
         forwarded, returned = relay.forwarded, client.frame_counts["video"]
-        await client.resume(ArrayAudioTrack(silence, 16000, loop=True), PatternVideoTrack(320, 240))
+        await client.resume(silence(), PatternVideoTrack(320, 240))
         await client.next_event("resumed")
         await wait_until(lambda: relay.forwarded >= forwarded + 25
                          and client.frame_counts["video"] >= returned + 25, timeout=15)
         assert relay.receiver is not first_receiver and relay.forwarding and relay.epoch == 2
         assert session.camera.received <= 1
-        frame = client.received["video"][-1][1]
-        assert (frame.width, frame.height) == (320, 240) and pattern_psnr(frame) > 25
+        assert_camera_picture(client)
         assert decode_warnings() == []
-    finally:
-        await client.close()
 
 
 async def test_relayed_video_recovers_from_frames_lost_for_good(media_server, decode_warnings, monkeypatch):
@@ -389,14 +394,8 @@ async def test_relayed_video_recovers_from_frames_lost_for_good(media_server, de
     packets, 16 s of this stream) and asks the camera for a keyframe, and the relay forwards
     nothing until it: the client's picture holds still, then goes on whole; it never decodes
     frames that refer to missing ones."""
-    client = StreamClient(media_server.url, ["gender"], options={"gender": {"overlay": False}})
-    client.keep_frames = 1
-    await client.connect(ArrayAudioTrack(np.zeros(16000, np.float32), 16000, loop=True), PatternVideoTrack(320, 240))
-    try:
-        await client.next_event("ready")
-        (session,) = media_server.server.sessions.values()
+    async with relayed_client(media_server) as (client, session):
         relay = session.relay
-        await wait_until(lambda: relay.forwarded >= 25, timeout=15)
         receiver = relay.receiver
         handle, rtx_ssrcs = receiver._handle_rtp_packet, receiver._RTCRtpReceiver__rtx_ssrc
         lost: set[int] = set()
@@ -420,8 +419,5 @@ async def test_relayed_video_recovers_from_frames_lost_for_good(media_server, de
         assert relay.forwarding and len(lost) == 3 and session.camera.received <= 1
         assert relay.keyframes_asked == asked and relay.epoch == 1  # aiortc's receiver asked; the picture held
         await asyncio.sleep(0.3)
-        frame = client.received["video"][-1][1]
-        assert (frame.width, frame.height) == (320, 240) and pattern_psnr(frame) > 25
+        assert_camera_picture(client)
         assert decode_warnings() == []
-    finally:
-        await client.close()
