@@ -1,8 +1,8 @@
 """The one place where the server changes what aiortc keeps in private code: the VP8 encoder of
 the returned video, how an inbound audio track is received (``release_audio_early``: its
 jitter buffer; ``decode_audio_inline``: its decoder thread), and the seams of the camera relay
-(``route_video``, ``on_keyframe_request``, ``on_picture_loss``, ``ask_keyframe``; tracks/relay.py),
-and how long a video receiver waits for a lost packet (``bound_video_wait``).
+(``route_video``, ``on_keyframe_request``, ``on_picture_loss``, ``ask_keyframe``,
+``on_bitrate_estimate``, ``cap_bitrate_estimate``; tracks/relay.py), and how long a video receiver waits for a lost packet (``bound_video_wait``).
 ``tests/test_capacity.py`` fails when an aiortc upgrade moves any of it.
 
 The encoder.
@@ -38,8 +38,11 @@ the relay in front of the video receiver's decoder thread (it decides, frame by 
 decoded), aiortc's sender packetizes the frames the returned track hands it as ``av.Packet``
 (its ``pack``, as for ``MediaPlayer(decode=False)``), ``on_keyframe_request`` tells the relay of
 the client's picture loss reports to our sender, ``on_picture_loss`` of those our receiver sends
-the camera (frames it dropped), and ``ask_keyframe`` asks the camera for a keyframe.
-After forwarded frames, ``RealtimeVp8Encoder`` starts again with a keyframe: the client's decoder
+the camera (frames it dropped), and ``ask_keyframe`` asks the camera for a keyframe. The
+forwarded frames are the camera's bitrate, so while they are, the bitrate the server's receiver
+asks the camera for (its REMB, ``cap_bitrate_estimate``) is at most what the client last said it
+can receive of the returned video (its REMB to our sender, ``on_bitrate_estimate``), as an SFU
+passes a receiver's estimate on to the sender. After forwarded frames, ``RealtimeVp8Encoder`` starts again with a keyframe: the client's decoder
 holds the camera's pictures, not the encoder's.
 """
 from __future__ import annotations
@@ -49,11 +52,11 @@ import logging
 import multiprocessing
 import queue
 import threading
-
 import time
+from typing import Callable
 
 import av
-from aiortc import rtcrtpreceiver, rtcrtpsender
+from aiortc import rtcrtpreceiver, rtcrtpsender, rtp
 from aiortc.codecs import vpx
 from aiortc.jitterbuffer import MAX_MISORDER, JitterBuffer
 from aiortc.utils import uint16_add
@@ -281,6 +284,63 @@ def on_picture_loss(receiver, callback) -> bool:
         await original(media_ssrc)
 
     receiver._send_rtcp_pli = send_pli
+    return True
+
+
+def on_bitrate_estimate(sender, callback) -> bool:
+    """``callback(bps)`` too whenever the client reports the bitrate it can receive of what
+    ``sender`` sends (RTCP REMB naming the sender's SSRC; aiortc sets its encoder's target from it)."""
+    original = getattr(sender, "_handle_rtcp_packet", None)
+    if not callable(original):
+        return False
+
+    async def handle_rtcp_packet(packet) -> None:
+        if isinstance(packet, rtp.RtcpPsfbPacket) and packet.fmt == rtp.RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = rtp.unpack_remb_fci(packet.fci)
+            except ValueError:
+                pass
+            else:
+                if sender._ssrc in ssrcs:
+                    callback(bitrate)
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet
+    return True
+
+
+class CappedEstimator:
+    """In place of a video receiver's remote bitrate estimator (aiortc's ``add(...)`` for each
+    packet, returning ``(bps, ssrcs)`` when a REMB is due): what it tells the camera is at most
+    ``cap()`` (None: no cap). A cap below what was last told goes out with the next packet,
+    not at the estimator's next report (every 0.5 s or later)."""
+
+    def __init__(self, estimator, cap: Callable[[], int | None]):
+        self.estimator = estimator
+        self.cap = cap
+        self.told: int | None = None  # the last bitrate sent to the camera
+
+    def add(self, **packet) -> tuple[int, list[int]] | None:
+        remb = self.estimator.add(**packet)
+        limit = self.cap()
+        if limit is not None:
+            if remb is not None:
+                remb = (min(remb[0], limit), remb[1])
+            elif self.told is not None and limit < self.told:
+                remb = (limit, list(self.estimator.ssrcs))
+        if remb is not None:
+            self.told = remb[0]
+        return remb
+
+
+def cap_bitrate_estimate(receiver, cap: Callable[[], int | None]) -> bool:
+    """Before a video receiver starts: the bitrate it asks the camera for (RTCP REMB) is at most
+    ``cap()`` (``CappedEstimator``). Returns False, changing nothing, where aiortc's private
+    attributes are not what this expects."""
+    estimator = getattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator", None)
+    if not callable(getattr(estimator, "add", None)) or not isinstance(getattr(estimator, "ssrcs", None), dict):
+        return False
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = CappedEstimator(estimator, cap)
     return True
 
 

@@ -133,10 +133,22 @@ async def test_camera_relayed_back_to_chromium_while_nothing_is_drawn(media_serv
         assert relay.forwarding and relay.forwarded > 20 and session.camera.received <= 1  # nothing decoded here
         before = await page.evaluate("window.mmsStats")
         assert before["framesDecoded"] > start + 25 and before["videoSize"] == "320x240"  # Chromium decodes them
+        # While relaying, the camera is asked for at most what the client can receive: Chromium's
+        # REMB for the returned video reaches the relay, and Chromium's camera follows the REMB the
+        # server sends it (capped here at 100 kbps, below what Chromium itself could take).
+        for _ in range(40):  # Chromium's first REMB for the video it receives: within seconds
+            if relay.client_bitrate:
+                break
+            await page.wait_for_timeout(250)
+        assert relay.client_bitrate and before["cameraTargetBitrate"] > 150_000
+        relay.receiver._RTCRtpReceiver__remote_bitrate_estimator.cap = lambda: 100_000
+        await page.wait_for_timeout(2500)
+        capped = await page.evaluate("window.mmsStats")
+        assert capped["cameraTargetBitrate"] <= 100_000 and capped["framesDecoded"] > before["framesDecoded"] + 25
         await page.eval_on_selector(overlay, "i => { i.checked = true; i.dispatchEvent(new Event('change')); }")
         await page.wait_for_timeout(2000)
         assert not relay.forwarding and session.camera.received > 10  # decoded and drawn on again
         after = await page.evaluate("window.mmsStats")
-        assert after["framesDecoded"] > before["framesDecoded"] + 30 and after["videoSize"] == "320x240"
+        assert after["framesDecoded"] > capped["framesDecoded"] + 30 and after["videoSize"] == "320x240"
         await stop_and_check_closed(page, media_server.server)
         assert_no_page_errors(page)

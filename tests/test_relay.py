@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
+from aiortc import rtp as aiortc_rtp
 from aiortc.jitterbuffer import JitterFrame
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
@@ -247,6 +248,51 @@ async def test_aiortc_video_path_is_where_the_relay_expects_it():
     assert codecs.on_keyframe_request(sender, lambda: asked.append(1))
     sender._send_keyframe()
     assert asked == [1] and sender._RTCRtpSender__force_keyframe
+    # the bitrate seams: the client's REMB reaches the sender's _handle_rtcp_packet; the receiver
+    # asks its estimator with these keywords, and sends a REMB of what it returns
+    assert "unpack_remb_fci(packet.fci)" in handle and "self._ssrc in ssrcs" in handle
+    assert "self.__remote_bitrate_estimator.add(" in handle_rtp and "pack_remb_fci(*remb)" in handle_rtp
+    for keyword in ("abs_send_time=", "arrival_time_ms=", "payload_size=", "ssrc="):
+        assert keyword in handle_rtp
+    estimates = []
+    assert codecs.on_bitrate_estimate(sender, estimates.append)
+    remb = aiortc_rtp.RtcpPsfbPacket(fmt=aiortc_rtp.RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                              fci=aiortc_rtp.pack_remb_fci(300_000, [sender._ssrc]))
+    other = aiortc_rtp.RtcpPsfbPacket(fmt=aiortc_rtp.RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                               fci=aiortc_rtp.pack_remb_fci(100_000, [sender._ssrc + 1]))
+    await sender._handle_rtcp_packet(remb)
+    await sender._handle_rtcp_packet(other)  # another stream's
+    await sender._handle_rtcp_packet(aiortc_rtp.RtcpPsfbPacket(fmt=aiortc_rtp.RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"junk"))
+    assert estimates == [300_000]
+    assert codecs.cap_bitrate_estimate(receiver, lambda: None)
+    assert isinstance(receiver._RTCRtpReceiver__remote_bitrate_estimator, codecs.CappedEstimator)
+    assert not codecs.cap_bitrate_estimate(RTCRtpReceiver("audio", Transport()), lambda: None)  # video only
+
+
+def test_capped_estimator_tells_the_camera_at_most_the_cap_and_at_once():
+    from aiortc.rate import RemoteBitrateEstimator
+
+    cap = [None]
+    estimator = codecs.CappedEstimator(RemoteBitrateEstimator(), lambda: cap[0])
+    told = []
+    for i in range(3000):  # 30 s of a 1 Mbps stream: 100 packets a second, 1250 bytes each
+        now = i * 10
+        if i == 1500:
+            cap[0] = 200_000  # the client can take 200 kbps
+        if i == 2500:
+            cap[0] = None  # drawn again: no cap
+        remb = estimator.add(abs_send_time=((now << 18) // 1000) & 0xFFFFFF, arrival_time_ms=now,
+                             payload_size=1250, ssrc=1234)
+        if remb is not None:
+            assert remb[1] == [1234]
+            told.append((now, remb[0]))
+    before = [b for t, b in told if t < 15000]
+    capped = [b for t, b in told if 15000 <= t < 25000]
+    after = [b for t, b in told if t >= 25000]
+    assert max(before) > 400_000  # the estimate the cap applies to
+    assert told[len(before)] == (15000, 200_000)  # with the next packet, not the next report
+    assert capped and max(capped) <= 200_000
+    assert after and max(after) > 400_000  # lifted: the estimate goes on as it was
 
 
 def test_encoder_starts_with_a_keyframe_after_forwarded_frames():
@@ -354,6 +400,41 @@ async def test_camera_relayed_while_nothing_is_drawn_and_drawn_again_on_config(m
         gaps = np.diff(arrivals)
         assert len(arrivals) > 250 and gaps.max() < 0.3, (len(arrivals), gaps.max())  # never stopped
         assert decode_warnings() == []  # neither the client nor the server got a frame it could not decode
+
+
+async def test_relayed_camera_is_asked_for_at_most_what_the_client_can_receive(media_server):
+    """While relaying, the REMB the server sends the camera is at most the client's REMB for the
+    returned video (passed on at once); drawn again, the server's own estimate applies."""
+    async with relayed_client(media_server) as (client, session):
+        for receiver in client.pc.getReceivers():  # the client's own estimates would move the cap
+            receiver._RTCRtpReceiver__remote_bitrate_estimator = None
+        camera = session.relay.receiver
+        told: list[tuple[float, int]] = []  # REMBs the server sent the camera
+        send_rtcp = camera._send_rtcp
+
+        async def spy(packet) -> None:
+            if isinstance(packet, aiortc_rtp.RtcpPsfbPacket) and packet.fmt == aiortc_rtp.RTCP_PSFB_APP:
+                told.append((time.monotonic(), aiortc_rtp.unpack_remb_fci(packet.fci)[0]))
+            await send_rtcp(packet)
+
+        camera._send_rtcp = spy
+        await wait_until(lambda: len(told) >= 3, timeout=10)
+        own = told[-1][1]
+        cap = own // 4
+        sender = next(s for s in session.pc.getSenders() if s.track and s.track.kind == "video")
+        remb = aiortc_rtp.RtcpPsfbPacket(fmt=aiortc_rtp.RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                                         fci=aiortc_rtp.pack_remb_fci(cap, [sender._ssrc]))
+        at, n = time.monotonic(), len(told)
+        await sender._handle_rtcp_packet(remb)  # as the client's REMB arrives
+        await wait_until(lambda: len(told) > n, timeout=5)
+        assert told[n][1] == cap and told[n][0] - at < 0.3  # with the camera's next packet
+        await asyncio.sleep(1.5)
+        assert len(told) > n + 1 and max(b for _, b in told[n:]) <= cap
+        client.send({"type": "config", "pipeline": "gender", "options": {"overlay": True}})
+        await wait_until(lambda: not session.relay.forwarding, timeout=10)
+        m = len(told)
+        await wait_until(lambda: len(told) >= m + 2, timeout=10)
+        assert told[-1][1] > cap  # drawn: encoded at the client's pace, the camera at the server's estimate
 
 
 async def test_camera_drawn_not_relayed_by_default_and_where_a_pipeline_reads_it(media_server):

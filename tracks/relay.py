@@ -12,6 +12,8 @@ made a picture, the camera's frames are still forwarded, so the returned video n
 client's picture loss report to our sender is passed on to the camera while relaying; after
 frames our receiver lost (it asks the camera for a keyframe then), nothing is forwarded until the
 keyframe: the client's picture holds still rather than decode frames that refer to missing ones.
+The forwarded frames are the camera's bitrate: while relaying, the camera is asked to send at most
+what the client last said it can receive (``bitrate_cap``, the client's REMB passed on).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class CameraRelay:
         self.forwarded = 0
         self.dropped = 0  # frames not forwarded: the sender was not taking them
         self.keyframes_asked = 0
+        self.client_bitrate: int | None = None  # what the client last said it can receive of the returned video (bps)
         self._decoded_from = 0  # camera.received when decoding started again
         self._frames: deque[tuple[bytes, int, int]] = deque()  # (VP8 frame, camera timestamp, epoch)
         self._arrived = asyncio.Event()
@@ -57,6 +60,7 @@ class CameraRelay:
     def attach(self, receiver, sends_vp8: bool) -> None:
         """The camera on a (new) connection; its stream starts again, with a keyframe."""
         self.receiver, self.sends_vp8 = receiver, sends_vp8
+        self.client_bitrate = None  # a new client's estimate comes with its first REMB
         self._stop(decode=True)
 
     def _stop(self, decode: bool) -> None:
@@ -129,6 +133,15 @@ class CameraRelay:
         """The client lost pictures of the returned video (its PLI to our sender)."""
         if self.forwarding:
             self.ask_keyframe()
+
+    def client_estimate(self, bitrate: int) -> None:
+        """The client's estimate of the bitrate it can receive of the returned video (its REMB)."""
+        self.client_bitrate = bitrate
+
+    def bitrate_cap(self) -> int | None:
+        """The most the camera may send (bps): while its frames are forwarded, what the client
+        can receive; otherwise no cap (the returned video is encoded at the client's pace)."""
+        return self.client_bitrate if self.forwarding else None
 
     def _camera_heard(self) -> bool:
         """Whether the camera's packets arrived within ``STALL_SECONDS``."""

@@ -74,6 +74,7 @@ class Peer:
                     camera = transceiver.receiver
                     codecs.route_video(camera, self.session.relay.route)
                     codecs.on_picture_loss(camera, self.session.relay.picture_lost)
+                    codecs.cap_bitrate_estimate(camera, self.session.relay.bitrate_cap)
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "audio" in kinds:
             self.pc.addTrack(Feed(self.session.audio_out))  # reuses the offer's audio transceiver
@@ -84,6 +85,7 @@ class Peer:
         if "video" in takes_video:
             sender = self.pc.addTrack(Feed(self.session.video_out))
             codecs.on_keyframe_request(sender, self.session.relay.keyframe_requested)
+            codecs.on_bitrate_estimate(sender, self.session.relay.client_estimate)
         elif self.session.room is None and not any(p.uses_camera for p in self.session.pipelines.values()):
             for transceiver in self.pc.getTransceivers():
                 if transceiver.kind == "video":

@@ -107,6 +107,9 @@ export async function pollStats(run, final = false) {
       if (s.frameWidth) stats.videoSize = `${s.frameWidth}x${s.frameHeight}`;
     }
     if (s.type === 'inbound-rtp' && (s.kind || s.mediaType) === 'audio') audioPackets += s.packetsReceived || 0;
+    if (s.type === 'outbound-rtp' && (s.kind || s.mediaType) === 'video' && s.targetBitrate !== undefined) {
+      stats.cameraTargetBitrate = s.targetBitrate;
+    }
     if (s.type === 'transport' && s.selectedCandidatePairId) selectedId = s.selectedCandidatePairId;
     if (s.type === 'candidate-pair') pairs.push(s);
   });

@@ -15,6 +15,7 @@ export const el = {
 
 export const stats = window.mmsStats = {
   state: 'idle', sessionId: null, pipelines: [], framesDecoded: 0, videoSize: null, audioPacketsReceived: 0,
+  cameraTargetBitrate: null, // bps the browser aims to send the camera at (its bandwidth estimate, the server's REMB)
   eventCounts: {}, selectedPair: null, rttMs: null, lastError: null, last: {},
 };
 
