@@ -148,6 +148,7 @@ class StreamClient:
         self.options = options or {}
         self.events: asyncio.Queue[dict] = asyncio.Queue(maxsize=10000)
         self.session_id: str | None = None
+        self.answer_sdp: str | None = None  # the last answer's SDP, as the server sent it
         self.resume_token: str | None = None  # from the ready event
         self.received: dict[str, list] = {"audio": [], "video": []}  # (arrival time, frame) of the newest
         self.frame_counts = {"audio": 0, "video": 0}
@@ -233,6 +234,7 @@ class StreamClient:
                 if resp.status != 200:
                     raise RuntimeError(f"offer refused ({resp.status}): {answer.get('error')}")
         self.session_id = answer["session_id"]
+        self.answer_sdp = answer["sdp"]  # as the server sent it (aiortc's remoteDescription drops a=ptime)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await asyncio.wait_for(self._opened.wait(), 15)
         return answer

@@ -7,7 +7,9 @@ echo, ``--transform none``) side by side, measured on the server, not on its cli
 * The clients are cheap: they send a VP8 stream encoded once with PyAV (``bench/results/
   capacity-WxH.ivf``, a camera-like clip: the astronaut photo panning, with sensor noise) and
   speech encoded once to Opus, as packets, without encoding anything per session (aiortc's sender
-  packs an ``av.Packet`` as it is, as it does for ``MediaPlayer(path, decode=False)``); and they do
+  packs an ``av.Packet`` as it is, as it does for ``MediaPlayer(path, decode=False)``), in packets
+  as long as the server's answer asks (``a=ptime``, as browsers follow it; ``--audio-ptime 20``:
+  always 20 ms); and they do
   not decode what comes back beyond what is needed to count it and check it: returned VP8 frames
   are counted, the size read from each keyframe's header, and the first frames of each session
   decoded to check they are pictures of that size; returned audio is counted, not decoded.
@@ -37,11 +39,13 @@ from __future__ import annotations
 import asyncio
 import fractions
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import aiohttp
 import av
@@ -90,15 +94,17 @@ def read_packets(path: Path) -> list[bytes]:
         return [bytes(p) for p in f.demux(video=0) if p.size]
 
 
-def opus_packets(samples: np.ndarray) -> list[bytes]:
-    """48 kHz mono float speech -> 20 ms Opus packets (stereo, as aiortc's encoder makes them)."""
+def opus_packets(samples: np.ndarray, ms: int = 20) -> list[bytes]:
+    """48 kHz mono float speech -> Opus packets of ``ms`` (stereo, as aiortc's encoder makes them)."""
+    step = AUDIO_RATE * ms // 1000
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate, codec.layout, codec.format, codec.bit_rate = AUDIO_RATE, "stereo", "s16", 64000
+    codec.options = {"frame_duration": str(ms)}
     pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    pcm = np.concatenate([pcm, np.zeros(-len(pcm) % OPUS_FRAME, np.int16)])
+    pcm = np.concatenate([pcm, np.zeros(-len(pcm) % step, np.int16)])
     packets = []
-    for i in range(0, len(pcm), OPUS_FRAME):
-        frame = av.AudioFrame.from_ndarray(np.repeat(pcm[None, i:i + OPUS_FRAME], 2, 0).T.reshape(1, -1),
+    for i in range(0, len(pcm), step):
+        frame = av.AudioFrame.from_ndarray(np.repeat(pcm[None, i:i + step], 2, 0).T.reshape(1, -1),
                                            format="s16", layout="stereo")
         frame.sample_rate, frame.pts = AUDIO_RATE, i
         packets += [bytes(p) for p in codec.encode(frame)]
@@ -106,14 +112,22 @@ def opus_packets(samples: np.ndarray) -> list[bytes]:
     return packets
 
 
+def answer_ptime(client: StreamClient) -> int:
+    """The audio packet length (ms) the server's answer asks for (``a=ptime``; 20 without one)."""
+    found = re.search(r"^a=ptime:(\d+)", client.answer_sdp or "", re.M)
+    return int(found.group(1)) if found else 20
+
+
 class PacketTrack(MediaStreamTrack):
     """Pre-encoded packets, looped, paced in real time, sent as they are (no encoding). Notes
     when the packet holding ``onset`` (an index) first goes out, and how far behind it runs."""
 
-    def __init__(self, kind: str, packets: list[bytes], clock_rate: int, step: int, onset: int | None = None):
+    def __init__(self, kind: str, packets: list[bytes], clock_rate: int, step: int, onset: int | None = None,
+                 before_first: Callable[["PacketTrack"], None] | None = None):
         super().__init__()
         self.kind = kind
         self.packets, self.clock_rate, self.step, self.onset = packets, clock_rate, step, onset
+        self.before_first = before_first  # called once, at the first recv (the answer is known then)
         self.count = 0
         self.pacer = Pacer(clock_rate)
         self.first_sent: float | None = None
@@ -122,6 +136,9 @@ class PacketTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
+        if self.before_first is not None:
+            self.before_first(self)
+            self.before_first = None
         await self.pacer.wait(self.count * self.step)
         now = time.monotonic()
         if self.first_sent is None:
@@ -197,10 +214,21 @@ def cheap_receivers() -> None:
 
 
 # --- one server, sessions added step by step ------------------------------------------------------
-async def open_session(kind: str, index: int, url: str, video: list[bytes], audio: list[bytes], onset: int,
-                       timeout: float) -> Session:
+async def open_session(kind: str, index: int, url: str, video: list[bytes], audio: dict[int, list[bytes]],
+                       onset_sample: int, timeout: float) -> Session:
+    """``audio``: the speech as Opus packets of each length (ms) a server may ask for; the client
+    sends those its answer's ``a=ptime`` names, as browsers do (20 ms packets where it names none,
+    or where ``audio`` has only those)."""
     client = StreamClient(url, pipelines=["gender"], options={"gender": {"overlay": False}} if kind == "relay" else None)
-    return await start_session(Session(index, client, PacketTrack("audio", audio, AUDIO_RATE, OPUS_FRAME, onset),
+
+    def follow_answer(track: PacketTrack) -> None:
+        ms = answer_ptime(client)
+        if ms in audio:
+            step = AUDIO_RATE * ms // 1000
+            track.packets, track.step, track.onset = audio[ms], step, onset_sample // step
+
+    track = PacketTrack("audio", audio[20], AUDIO_RATE, OPUS_FRAME, onset_sample // OPUS_FRAME, follow_answer)
+    return await start_session(Session(index, client, track,
                                        PacketTrack("video", video, VIDEO_CLOCK, VIDEO_CLOCK // FPS)), timeout)
 
 
@@ -241,7 +269,7 @@ def speed_probe(cpu: int, frames: list[np.ndarray]) -> float:
         os.sched_setaffinity(0, mine)
 
 
-async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], onset: int,
+async def run_server(kind: str, args, video: list[bytes], audio: dict[int, list[bytes]], onset_sample: int,
                      probe_frames: list[np.ndarray]) -> dict:
     log_path = RESULTS / f"capacity-{kind}.log"
     if kind != "echo":
@@ -263,7 +291,7 @@ async def run_server(kind: str, args, video: list[bytes], audio: list[bytes], on
             await server.wait_healthy(http, args.start_timeout)
             await asyncio.sleep(1.0)  # model preloading (ours)
             for n in args.sessions:
-                added = await asyncio.gather(*(open_session(kind, i, server.url, video, audio, onset, args.connect_timeout)
+                added = await asyncio.gather(*(open_session(kind, i, server.url, video, audio, onset_sample, args.connect_timeout)
                                                for i in range(len(sessions), n)))
                 sessions += added
                 live = [s for s in sessions if s.ok]
@@ -397,11 +425,12 @@ async def main_async(args) -> None:
     codec = codec_levers([(320, 240), (640, 480)], [500_000, 1_500_000]) if args.codec else None
     video = read_packets(vp8_file(w, h))
     speech, onset_sample = make_speech(args.voice, args.lead_in)
-    audio = opus_packets(speech)
+    # Opus packets of each length a server may ask for (--audio-ptime answer), or 20 ms only
+    audio = {ms: opus_packets(speech, ms) for ms in ((20, 40, 60) if args.audio_ptime == "answer" else (20,))}
     probe_frames = camera_clip(w, h, 2 * FPS)
     runs = {}
     for kind in args.servers:
-        runs[kind] = await run_server(kind, args, video, audio, onset_sample // OPUS_FRAME, probe_frames)
+        runs[kind] = await run_server(kind, args, video, audio, onset_sample, probe_frames)
     harness.publish("capacity", report(runs, codec, args), {"args": vars(args), "runs": runs, "codec": codec})
 
 
@@ -432,6 +461,9 @@ def main() -> None:
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--voice", default="en")
+    p.add_argument("--audio-ptime", choices=("answer", "20"), default="answer",
+                   help="the clients' audio packets: as long as the answer's a=ptime asks (as browsers "
+                        "send them; default), or always 20 ms")
     p.add_argument("--lead-in", type=float, default=1.0)
     p.add_argument("--connect-timeout", type=float, default=40.0)
     p.add_argument("--start-timeout", type=float, default=90.0)

@@ -44,6 +44,11 @@ class Pipeline(abc.ABC):
     # Whether this pipeline reads the camera (``context.camera``). Where no pipeline of a session
     # does and the client takes no video back, the WebRTC transport declines the client's video.
     uses_camera: ClassVar[bool] = True
+    # The longest audio packets (ms) the client may send for this pipeline: 20 where speech is
+    # acted on at once (translation, lip sync); up to 60 where results come about once a second.
+    # A session asks for the shortest its pipelines allow (``a=ptime`` in the answer): a third of
+    # the packets, each with the server's per-packet work, for up to 40 ms more delay.
+    audio_packet_ms: ClassVar[int] = 20
     # Server-wide settings of this pipeline: a dataclass whose fields become flags
     # ``--<name>-<field>`` and variables ``MMS_<NAME>_<FIELD>`` (server/config.py); an instance
     # is ``settings.<name>``.

@@ -56,6 +56,16 @@ async def test_female_voice(media_server, tmp_path):
         await open_page(page, media_server.url)
         await run_voice(page, media_server.server, "female")
         await page.screenshot(path="/tmp/page.png", full_page=True)
+        # gender asks for 60 ms audio packets (a=ptime in the answer): Chromium sends 16.7 a second, not 50
+        (session,) = media_server.server.sessions.values()
+        receiver = next(t.receiver for t in session.pc.getTransceivers() if t.kind == "audio")
+
+        async def received() -> int:
+            return sum(s.packetsReceived for s in (await receiver.getStats()).values() if s.type == "inbound-rtp")
+
+        before = await received()
+        await page.wait_for_timeout(2000)
+        assert 12 < (await received() - before) / 2 < 21
         # Text goes over the data channel (the gender pipeline ignores it; no error comes back).
         await page.fill("#text-input", "hello")
         await page.press("#text-input", "Enter")

@@ -53,8 +53,56 @@ async def test_camera_is_kept_where_a_pipeline_reads_it(media_server):
     try:
         session = media_server.server.sessions[answer["session_id"]]
         assert _video_direction(answer["sdp"]) == "recvonly"
+        assert "a=ptime:60" in answer["sdp"]  # commentary too takes 60 ms audio packets
         await wait_until(lambda: session.camera.received >= 5, timeout=15)
         assert session.video_out.sent == 0
+    finally:
+        await client.close()
+
+
+def test_with_ptime_names_the_audio_sections_only():
+    from server.transports.webrtc import with_ptime
+
+    offer = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=ptime:20\r\n"
+             "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n")
+    sections = with_ptime(offer, 60).split("m=")[1:]
+    assert [m.count("a=ptime:") for m in sections] == [1, 0, 1]  # one each, the old one replaced
+    assert all("a=ptime:60\r\n" in m for m in sections if m.startswith("audio"))
+
+
+async def test_gender_asks_for_60_ms_audio_packets_and_reads_them(media_server):
+    """A gender session's answer asks for 60 ms audio packets (a=ptime, as browsers follow it): a
+    client that sends them gets the right result from a third of the packets."""
+    from bench.capacity import PacketTrack, answer_ptime, opus_packets
+    from testing.media import espeak, load_audio
+
+    speech = np.concatenate([np.zeros(24000, np.float32), load_audio(espeak("en+f3"), 48000)])
+    packets = {ms: opus_packets(speech, ms) for ms in (20, 60)}
+    client = StreamClient(media_server.url, ["gender"])
+
+    def follow_answer(track) -> None:
+        ms = answer_ptime(client)
+        track.packets, track.step = packets[ms], 48 * ms
+
+    audio = PacketTrack("audio", packets[20], 48000, 960, before_first=follow_answer)
+    answer = await client.connect(audio, PatternVideoTrack(320, 240))
+    try:
+        audio_section = next(m for m in answer["sdp"].split("m=")[1:] if m.startswith("audio"))
+        assert "a=ptime:60\r\n" in audio_section
+        session = media_server.server.sessions[answer["session_id"]]
+        receiver = next(t.receiver for t in session.pc.getTransceivers() if t.kind == "audio")
+
+        async def received() -> int:
+            stats = await receiver.getStats()
+            return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+
+        event = await client.next_event("gender", timeout=20)
+        assert event["label"] == "female" and audio.step == 2880, event  # it sent 60 ms packets
+        before, t0 = await received(), asyncio.get_running_loop().time()
+        await asyncio.sleep(2)
+        rate = (await received() - before) / (asyncio.get_running_loop().time() - t0)
+        assert 13 < rate < 20, rate  # 16.7 a second, not 50
+        assert session.audio.end > 2 * 16000  # their audio, decoded
     finally:
         await client.close()
 

@@ -30,6 +30,7 @@ async def test_webrtc_english_to_spanish(media_server):
     client.keep_frames = 1500  # 30 s of returned 20 ms audio frames
     try:
         await client.connect(audio=ArrayAudioTrack(audio, 16000))
+        assert "a=ptime" not in client.answer_sdp  # speech acted on at once: 20 ms packets, the default
         finals = []
         while not any({"café", "agua", "taza", "vaso"} & set(words(e["text"])) for e in finals):
             event = await client.next_event("translation", timeout=60)

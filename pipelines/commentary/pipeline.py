@@ -58,6 +58,7 @@ CHAT_LINES = 3  # latest comments shown on the returned video
 class CommentaryPipeline(Pipeline):
     name = "commentary"
     Settings = CommentarySettings
+    audio_packet_ms = 60  # comments every few seconds
     description = "Twitch-style chat comments about the stream, written by a multimodal LSTM"
     requires = frozenset({"camera"})
     defaults = {

@@ -60,6 +60,7 @@ def overlay(label: str, score: float, modalities: dict, flag: str | None) -> tup
 class EmotionPipeline(Pipeline):
     name = "emotion"
     Settings = EmotionSettings
+    audio_packet_ms = 60  # results about once a second
     description = "Face, voice and words fused into an emotion about once a second, with a CBT-style response"
     defaults = {
         "interval": 1.0,  # seconds between events while someone is present

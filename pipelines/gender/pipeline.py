@@ -134,6 +134,7 @@ class GenderPipeline(Pipeline):
     name = "gender"
     Settings = GenderSettings
     uses_camera = False
+    audio_packet_ms = 60  # results about once a second
     description = "Female or male voice, about once a second while someone speaks"
     defaults = {
         "interval": 1.0,  # seconds between results while speech continues

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection, sdp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import codecs
@@ -30,6 +30,20 @@ log = logging.getLogger(__name__)
 MAX_CHANNEL_BACKLOG = 1 << 20  # bytes waiting in the data channel before events are dropped
 MAX_UNSENT = 256  # events kept while no channel is open (before it opens, or while the client reconnects)
 codecs.install()  # the returned video's VP8 encoder settings (media/codecs.py)
+
+
+def with_ptime(text: str, ms: int) -> str:
+    """An SDP with ``a=ptime:<ms>`` in each audio section: the audio packets its sender should
+    send us are ``ms`` long (RFC 4566; browsers follow it for Opus, up to 120 ms)."""
+    lines, out, audio = text.split("\r\n"), [], False
+    for line in lines:
+        if line.startswith("m=") or line == "":
+            if audio:
+                out.append(f"a=ptime:{ms}")
+            audio = line.startswith("m=audio")
+        if not (audio and line.startswith("a=ptime:")):
+            out.append(line)
+    return "\r\n".join(out)
 
 
 class Feed(MediaStreamTrack):
@@ -101,7 +115,11 @@ class Peer:
         self.session.audio_out.opus = codec.get("audio") == "audio/opus"
         if camera is not None:  # VP8 both ways: the camera's frames can go back as they are (tracks/relay.py)
             self.session.relay.attach(camera, sends_vp8="video" in takes_video and codec.get("video") == "video/vp8")
-        return self.pc.localDescription
+        answer = self.pc.localDescription
+        packet_ms = self.session.audio_packet_ms()
+        if codec.get("audio") == "audio/opus" and packet_ms > 20:  # fewer, longer audio packets
+            answer = RTCSessionDescription(sdp=with_ptime(answer.sdp, packet_ms), type=answer.type)
+        return answer
 
     def open(self) -> bool:
         return not self.lost and self.channel is not None and self.channel.readyState == "open"
@@ -302,6 +320,13 @@ class WebRTCSession(Session):
         return [item for name, items in list(self._overlays.items())
                 if (pipeline := self.pipelines.get(name)) is None or pipeline.options.get("overlay", True)
                 for item in items]
+
+    def audio_packet_ms(self) -> int:
+        """How long the client's audio packets may be: the shortest its pipelines allow (Pipeline
+        ``audio_packet_ms``); 20 ms in a room (the others hear this person) or without pipelines."""
+        if self.room is not None or not self.pipelines:
+            return 20
+        return min(p.audio_packet_ms for p in self.pipelines.values())
 
     def _returns_camera_as_is(self) -> bool:
         """Whether the returned video may be the camera's frames as they came (tracks/relay.py):
