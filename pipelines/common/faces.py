@@ -17,7 +17,8 @@ frames of any size, cheapest pass first:
   within a sweep (1 frame at 320x240, 8 at 640x480, 32 at 1280x720), and a frame without a face
   costs a scan plus one tile, never the whole upscaled frame at once.
 
-A frame with a large face costs what it did before (scan, then track).
+A frame with a large face costs what it did before (scan, then track). Of several faces found in
+one pass, the largest is chosen among those the detector scores at least half as high as the best.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ Box = tuple[int, int, int, int]  # x, y, width, height in the frame's pixels
 
 WINDOW = 80  # px: dlib's frontal face detector's smallest face
 TARGET = 88  # px a face is scaled to, with a margin over the window
+RELATIVE_SCORE = 0.5  # of the best detection's score: the least a face needs to be chosen for its size
 
 
 class FaceDetector:
@@ -80,8 +82,14 @@ class FaceDetector:
         return _tiles(width, height, self.scan_scale(width), TARGET / self.min_face, self.sweep_pixels)
 
     def _largest(self, gray: np.ndarray, scale: float, x0: int, y0: int) -> Box | None:
+        """The largest face found, among those scored at least ``RELATIVE_SCORE`` of the best: a
+        false detection that barely passes the detector (a patch of a space suit at 0.002 next to
+        the face at 1.5) does not win by being a pixel wider, and then get tracked."""
         found = self._detect(gray, scale, x0, y0) if gray.size else []
-        return max((box for box, _ in found), key=lambda b: b[2] * b[3], default=None)
+        if not found:
+            return None
+        floor = RELATIVE_SCORE * max(score for _, score in found)
+        return max((box for box, score in found if score >= floor), key=lambda b: b[2] * b[3])
 
     def _detect(self, gray: np.ndarray, scale: float, x0: int, y0: int) -> list[tuple[Box, float]]:
         image = np.ascontiguousarray(gray) if scale == 1.0 else cv2.resize(
