@@ -37,32 +37,27 @@ the servers are always stopped.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import aiohttp
 import av
 import numpy as np
 import psutil
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 from bench import harness  # noqa: E402
 from bench.codec_levers import FPS, VIDEO_CLOCK, camera_clip, codec_levers  # noqa: E402
 from bench.harness import RESULTS, ROOT, get_metrics, hist_delta, hist_quantile  # noqa: E402
-from bench.session_clients import AUDIO_RATE, Session, close_session, make_speech, start_session  # noqa: E402
+from bench.packet_media import PacketTrack, opus_packets, speech_track  # noqa: E402
+from bench.session_clients import Session, close_session, make_speech, start_session  # noqa: E402
 from client import StreamClient  # noqa: E402
 from testing.server import ServerProcess  # noqa: E402
-from tracks.outbound import Pacer  # noqa: E402
 
-OPUS_FRAME = AUDIO_RATE // 50  # 20 ms
 REAL_TIME = {"fps": 24.0, "lag_p99_s": 0.05, "onset_gender_s": 1.5}
 
 
@@ -92,69 +87,6 @@ def vp8_file(width: int, height: int, seconds: int = 10, bitrate: int = 400_000)
 def read_packets(path: Path) -> list[bytes]:
     with av.open(str(path)) as f:
         return [bytes(p) for p in f.demux(video=0) if p.size]
-
-
-def opus_packets(samples: np.ndarray, ms: int = 20) -> list[bytes]:
-    """48 kHz mono float speech -> Opus packets of ``ms`` (stereo, as aiortc's encoder makes them)."""
-    step = AUDIO_RATE * ms // 1000
-    codec = av.CodecContext.create("libopus", "w")
-    codec.sample_rate, codec.layout, codec.format, codec.bit_rate = AUDIO_RATE, "stereo", "s16", 64000
-    codec.options = {"frame_duration": str(ms)}
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    pcm = np.concatenate([pcm, np.zeros(-len(pcm) % step, np.int16)])
-    packets = []
-    for i in range(0, len(pcm), step):
-        frame = av.AudioFrame.from_ndarray(np.repeat(pcm[None, i:i + step], 2, 0).T.reshape(1, -1),
-                                           format="s16", layout="stereo")
-        frame.sample_rate, frame.pts = AUDIO_RATE, i
-        packets += [bytes(p) for p in codec.encode(frame)]
-    packets += [bytes(p) for p in codec.encode(None)]
-    return packets
-
-
-def answer_ptime(client: StreamClient) -> int:
-    """The audio packet length (ms) the server's answer asks for (``a=ptime``; 20 without one)."""
-    found = re.search(r"^a=ptime:(\d+)", client.answer_sdp or "", re.M)
-    return int(found.group(1)) if found else 20
-
-
-class PacketTrack(MediaStreamTrack):
-    """Pre-encoded packets, looped, paced in real time, sent as they are (no encoding). Notes
-    when the packet holding ``onset`` (an index) first goes out, and how far behind it runs."""
-
-    def __init__(self, kind: str, packets: list[bytes], clock_rate: int, step: int, onset: int | None = None,
-                 before_first: Callable[["PacketTrack"], None] | None = None):
-        super().__init__()
-        self.kind = kind
-        self.packets, self.clock_rate, self.step, self.onset = packets, clock_rate, step, onset
-        self.before_first = before_first  # called once, at the first recv (the answer is known then)
-        self.count = 0
-        self.pacer = Pacer(clock_rate)
-        self.first_sent: float | None = None
-        self.onset_sent: float | None = None
-
-    async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self.before_first is not None:
-            self.before_first(self)
-            self.before_first = None
-        await self.pacer.wait(self.count * self.step)
-        now = time.monotonic()
-        if self.first_sent is None:
-            self.first_sent = now
-        if self.onset_sent is None and self.count == self.onset:
-            self.onset_sent = now
-        packet = av.Packet(self.packets[self.count % len(self.packets)])
-        packet.pts = self.count * self.step
-        packet.time_base = fractions.Fraction(1, self.clock_rate)
-        self.count += 1
-        return packet
-
-    def behind_s(self) -> float | None:
-        if self.first_sent is None:
-            return None
-        return max(0.0, time.monotonic() - self.first_sent - (self.count - 1) * self.step / self.clock_rate)
 
 
 # --- cheap receiving -----------------------------------------------------------------------------
@@ -216,18 +148,10 @@ def cheap_receivers() -> None:
 # --- one server, sessions added step by step ------------------------------------------------------
 async def open_session(kind: str, index: int, url: str, video: list[bytes], audio: dict[int, list[bytes]],
                        onset_sample: int, timeout: float) -> Session:
-    """``audio``: the speech as Opus packets of each length (ms) a server may ask for; the client
-    sends those its answer's ``a=ptime`` names, as browsers do (20 ms packets where it names none,
-    or where ``audio`` has only those)."""
+    """``audio``: the speech as Opus packets of each length (ms) a server may ask for
+    (``speech_track``)."""
     client = StreamClient(url, pipelines=["gender"], options={"gender": {"overlay": False}} if kind == "relay" else None)
-
-    def follow_answer(track: PacketTrack) -> None:
-        ms = answer_ptime(client)
-        if ms in audio:
-            step = AUDIO_RATE * ms // 1000
-            track.packets, track.step, track.onset = audio[ms], step, onset_sample // step
-
-    track = PacketTrack("audio", audio[20], AUDIO_RATE, OPUS_FRAME, onset_sample // OPUS_FRAME, follow_answer)
+    track = speech_track(client, audio, onset_sample)
     return await start_session(Session(index, client, track,
                                        PacketTrack("video", video, VIDEO_CLOCK, VIDEO_CLOCK // FPS)), timeout)
 

@@ -73,18 +73,12 @@ def test_with_ptime_names_the_audio_sections_only():
 async def test_gender_asks_for_60_ms_audio_packets_and_reads_them(media_server):
     """A gender session's answer asks for 60 ms audio packets (a=ptime, as browsers follow it): a
     client that sends them gets the right result from a third of the packets."""
-    from bench.capacity import PacketTrack, answer_ptime, opus_packets
+    from bench.packet_media import opus_packets, speech_track
     from testing.media import espeak, load_audio
 
     speech = np.concatenate([np.zeros(24000, np.float32), load_audio(espeak("en+f3"), 48000)])
-    packets = {ms: opus_packets(speech, ms) for ms in (20, 60)}
     client = StreamClient(media_server.url, ["gender"])
-
-    def follow_answer(track) -> None:
-        ms = answer_ptime(client)
-        track.packets, track.step = packets[ms], 48 * ms
-
-    audio = PacketTrack("audio", packets[20], 48000, 960, before_first=follow_answer)
+    audio = speech_track(client, {ms: opus_packets(speech, ms) for ms in (20, 60)}, 24000)
     answer = await client.connect(audio, PatternVideoTrack(320, 240))
     try:
         audio_section = next(m for m in answer["sdp"].split("m=")[1:] if m.startswith("audio"))
