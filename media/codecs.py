@@ -2,7 +2,8 @@
 the returned video, how an inbound audio track is received (``release_audio_early``: its
 jitter buffer; ``decode_audio_inline``: its decoder thread), and the seams of the camera relay
 (``route_video``, ``on_keyframe_request``, ``on_picture_loss``, ``ask_keyframe``,
-``on_bitrate_estimate``, ``cap_bitrate_estimate``; tracks/relay.py), and how long a video receiver waits for a lost packet (``bound_video_wait``).
+``on_bitrate_estimate``, ``cap_bitrate_estimate``; tracks/relay.py), and how long a video
+receiver waits for a lost packet (``bound_video_wait``).
 ``tests/test_capacity.py`` fails when an aiortc upgrade moves any of it.
 
 The encoder.
@@ -45,8 +46,8 @@ the camera (frames it dropped), and ``ask_keyframe`` asks the camera for a keyfr
 forwarded frames are the camera's bitrate, so while they are, the bitrate the server's receiver
 asks the camera for (its REMB, ``cap_bitrate_estimate``) is at most what the client last said it
 can receive of the returned video (its REMB to our sender, ``on_bitrate_estimate``), as an SFU
-passes a receiver's estimate on to the sender. After forwarded frames, ``RealtimeVp8Encoder`` starts again with a keyframe: the client's decoder
-holds the camera's pictures, not the encoder's.
+passes a receiver's estimate on to the sender. After forwarded frames, ``RealtimeVp8Encoder``
+starts again with a keyframe: the client's decoder holds the camera's pictures, not the encoder's.
 """
 from __future__ import annotations
 
