@@ -31,6 +31,9 @@ class MonoResampler:
         self._gain: float | None = None
 
     def __call__(self, frame: av.AudioFrame) -> np.ndarray:
+        if (self._resampler is None and frame.sample_rate == self.rate and frame.format.name == "flt"
+                and frame.layout.name == "mono"):  # already the format (media/opus.py decodes to it)
+            return frame.to_ndarray().reshape(-1)
         if self._resampler is None or frame.layout.name != self._layout:
             self._layout = frame.layout.name
             self._gain = DOWNMIX_GAIN.get(self._layout)

@@ -32,7 +32,8 @@ the thread and its audio comes back to the event loop as a task that puts it on 
 queue, two thread hops and a task for ~30 µs of decoding, 50 times a second per session.
 ``decode_audio_inline`` decodes audio right where aiortc hands over the packet, on the loop,
 and puts it on the track's queue itself; aiortc's decoder thread is still started, and waits idle
-until the receiver stops (then it ends the track, as before). Video keeps aiortc's thread: a
+until the receiver stops (then it ends the track, as before). Where the audio only goes to the
+pipelines, Opus is decoded straight to their 16 kHz mono (``media/opus.py``). Video keeps aiortc's thread: a
 frame is 0.3 ms of decoding at 320x240 and 0.6 at 640x480 here, and decoding it on the loop too
 measured no better (``bench/capacity.py``, 6 sessions).
 
@@ -64,6 +65,8 @@ from aiortc import rtcrtpreceiver, rtcrtpsender, rtp
 from aiortc.codecs import vpx
 from aiortc.jitterbuffer import MAX_MISORDER, JitterBuffer
 from aiortc.utils import uint16_add
+
+from media import opus
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +174,9 @@ class InlineDecoding:
     the loop, ``put(None)`` when it stops; its thread's ``get()``): decodes on ``put``, with the
     decoder aiortc would choose, straight onto the track's queue."""
 
-    def __init__(self, track_queue: asyncio.Queue):
+    def __init__(self, track_queue: asyncio.Queue, rate: int | None = None):
         self.output = track_queue
+        self.rate = rate  # Opus decoded to mono at this rate (media/opus.py); None: aiortc's decoder
         self.decoded = 0  # frames
         self.errors = 0  # packets that did not decode
         self._stopped = threading.Event()
@@ -185,7 +189,7 @@ class InlineDecoding:
             return
         codec, encoded_frame = task
         if codec.name != self._codec_name:
-            self._decoder, self._codec_name = rtcrtpreceiver.get_decoder(codec), codec.name
+            self._decoder, self._codec_name = self._new_decoder(codec), codec.name
         try:
             frames = self._decoder.decode(encoded_frame)
         except Exception as exc:  # as aiortc's thread does: skip it, keep the decoder's state. Any
@@ -197,6 +201,11 @@ class InlineDecoding:
         for frame in frames:
             self.output.put_nowait(frame)
             self.decoded += 1
+
+    def _new_decoder(self, codec):
+        if self.rate and codec.name.lower() == "opus" and opus.library() is not None:
+            return opus.Opus16k(self.rate)
+        return rtcrtpreceiver.get_decoder(codec)
 
     def get(self) -> None:
         self._stopped.wait()
@@ -214,16 +223,17 @@ def release_audio_early(receiver) -> bool:
     return True
 
 
-def decode_audio_inline(receiver) -> bool:
-    """Before an audio receiver starts: its packets are decoded on the loop (``InlineDecoding``).
-    Returns False, changing nothing, where aiortc's private attributes are not what this
-    expects (``tests/test_capacity.py`` fails then)."""
+def decode_audio_inline(receiver, rate: int | None = None) -> bool:
+    """Before an audio receiver starts: its packets are decoded on the loop (``InlineDecoding``),
+    Opus to mono at ``rate`` where given (``media/opus.py``). Returns False, changing nothing,
+    where aiortc's private attributes are not what this expects (``tests/test_capacity.py``
+    fails then)."""
     decoder_queue = getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)
     track_queue = getattr(getattr(receiver, "_track", None), "_queue", None)
     if (not isinstance(decoder_queue, queue.Queue) or not isinstance(track_queue, asyncio.Queue)
             or getattr(receiver, "_RTCRtpReceiver__decoder_thread", True) is not None):  # not started
         return False
-    receiver._RTCRtpReceiver__decoder_queue = InlineDecoding(track_queue)
+    receiver._RTCRtpReceiver__decoder_queue = InlineDecoding(track_queue, rate)
     return True
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
 from tests.test_server import wait_until
@@ -207,6 +208,50 @@ async def test_inline_audio_decoding_puts_frames_on_the_track_and_ends_it_on_sto
     decoding.put(None)  # the receiver stops: its thread wakes and ends the track
     worker.join(timeout=5)
     assert not worker.is_alive()
+
+
+def test_opus_decoded_straight_to_16k_matches_aiortc_decoding_and_resampling():
+    """media/opus.py: libopus is found in this install (PyAV's), and speech decoded by it at
+    16 kHz mono is what aiortc's 48 kHz stereo decoding resampled to 16 kHz gives (same level,
+    aligned, 25 dB or more SNR), for 20 and 60 ms packets; a bad packet is an error, and the
+    stream goes on."""
+    from aiortc import rtcrtpreceiver
+    from aiortc.codecs import get_capabilities
+    from aiortc.jitterbuffer import JitterFrame
+
+    from bench.packet_media import opus_packets
+    from media import codecs, opus
+    from media.audio import MonoResampler
+    from testing.media import espeak, load_audio
+
+    assert opus.library() is not None
+    speech = load_audio(espeak("en"), rate=48000)
+    codec = next(c for c in get_capabilities("audio").codecs if c.mimeType == "audio/opus")
+    for ms in (20, 60):
+        packets = opus_packets(speech, ms)
+        frames = [JitterFrame(data=p, timestamp=i * 48 * ms) for i, p in enumerate(packets)]
+        aiortc, resampler = rtcrtpreceiver.get_decoder(codec), MonoResampler(16000)
+        reference = np.concatenate([resampler(f) for fr in frames for f in aiortc.decode(fr)])
+        track_queue: asyncio.Queue = asyncio.Queue()
+        decoding = codecs.InlineDecoding(track_queue, rate=16000)
+        for fr in frames[:3]:
+            decoding.put((codec, fr))
+        decoding.put((codec, JitterFrame(data=b"\xff" * 3, timestamp=0)))  # refused, counted
+        for fr in frames[3:]:
+            decoding.put((codec, fr))
+        assert isinstance(decoding._decoder, opus.Opus16k) and decoding.errors == 1
+        out = [track_queue.get_nowait() for _ in range(track_queue.qsize())]
+        assert len(out) == len(packets) and all(
+            f.sample_rate == 16000 and f.layout.name == "mono" and f.samples == 16 * ms for f in out)
+        assert out[-1].pts == (len(packets) - 1) * 16 * ms
+        mine = np.concatenate([MonoResampler(16000)(f) for f in out])  # already 16 kHz: taken as it is
+        assert 0 <= len(mine) - len(reference) <= 32  # (the resampler holds its filter's last samples)
+        mine = mine[:len(reference)]
+        snr = 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - mine) ** 2))
+        assert snr >= 25, (ms, snr)
+        assert abs(np.std(mine) / np.std(reference) - 1) < 0.05
+    with pytest.raises(ValueError):
+        opus.Opus16k(44100)
 
 
 def test_realtime_vp8_encoder_uses_its_options_and_aiortc_keeps_its_context(monkeypatch):

@@ -73,6 +73,9 @@ async def test_recorded_translation_session(settings, media_server, tmp_path):
         while not any({"café", "agua", "taza", "vaso"} & set(words(e["text"])) for e in spoken):
             spoken.append(await client.next_event("translation", timeout=60))
         session = media_server.server.sessions[client.session_id]
+        # recorded at 48 kHz: aiortc's Opus decoder, not the one straight to 16 kHz (media/opus.py)
+        assert all(t.receiver._RTCRtpReceiver__decoder_queue.rate is None
+                   for t in session.pc.getTransceivers() if t.kind == "audio")
         await asyncio.sleep(session.audio_out.queued_seconds + 0.5)  # the translation plays out
         await session.close()  # the recording is complete once the session has closed
     finally:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from client import ArrayAudioTrack, PatternVideoTrack, StreamClient
-from media import codecs
+from media import codecs, opus
 from testing.media import espeak, load_audio
 from testing.net import assert_loopback, http_get, server_pair
 
@@ -283,5 +283,7 @@ async def test_inbound_audio_is_released_without_reordering_delay(media_server):
         # decoded on the loop (media/codecs.py), not on aiortc's decoder thread
         decoding = [r._RTCRtpReceiver__decoder_queue for r in receivers]
         assert all(isinstance(d, codecs.InlineDecoding) and d.decoded >= 25 for d in decoding)
+        # Opus straight to the pipelines' 16 kHz (media/opus.py): nothing records or relays it
+        assert all(isinstance(d._decoder, opus.Opus16k) and d.rate == 16000 for d in decoding)
     finally:
         await client.close()

@@ -81,7 +81,9 @@ class Peer:
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio":
                 codecs.release_audio_early(transceiver.receiver)
-                codecs.decode_audio_inline(transceiver.receiver)
+                # straight to the pipelines' rate, unless a recording or the room takes it at 48 kHz
+                codecs.decode_audio_inline(transceiver.receiver, rate=None if self.session.room is not None
+                                           or self.session.recorder else self.session.audio.sample_rate)
             else:
                 codecs.bound_video_wait(transceiver.receiver)  # a lost packet holds video back 1 s at most
                 if camera is None and self.session.room is None:  # a room relays it to the others
