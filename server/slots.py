@@ -11,7 +11,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
-from tracks.outbound import i420_frame
+from tracks.outbound import copy_frame, i420_frame
 
 CLOCK = {"audio": 48000, "video": 90000}
 GAP = 0.2  # seconds without frames after which a slot's clock jumps to the present
@@ -90,7 +90,7 @@ class Slot(MediaStreamTrack):
             pts = wall if wall - self._next > GAP * self._rate else self._next
             self._next = pts + frame.samples * self._rate // frame.sample_rate
         else:
-            out = i420_frame(frame.to_ndarray(format="yuv420p"))
+            out = copy_frame(frame) if frame.format.name == "yuv420p" else i420_frame(frame.to_ndarray(format="yuv420p"))
             pts = max(wall, self._next)
             self._next = pts + 1
         out.pts = pts

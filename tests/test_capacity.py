@@ -332,7 +332,7 @@ async def test_opus_track_sends_frames_where_opus_was_not_negotiated():
 def test_i420_frame_is_from_ndarray_faster_with_padded_planes():
     import av
 
-    from tracks.outbound import i420_frame
+    from tracks.outbound import copy_frame, i420_frame, i420_views
 
     for width, height in ((320, 240), (330, 250), (1282, 722), (2, 2)):  # 330 and 1282: padded lines
         image = np.random.default_rng(width).integers(0, 256, (height, width, 3), np.uint8)
@@ -342,3 +342,13 @@ def test_i420_frame_is_from_ndarray_faster_with_padded_planes():
         assert np.array_equal(frame.to_ndarray(format="yuv420p"), planes)
         assert np.array_equal(frame.to_ndarray(format="bgr24"),
                               av.VideoFrame.from_ndarray(planes, format="yuv420p").to_ndarray(format="bgr24"))
+        # copy_frame: a frame of its own (the returned video's, drawn on through i420_views)
+        copy = copy_frame(frame)
+        assert copy is not frame and np.array_equal(copy.to_ndarray(format="yuv420p"), planes)
+        luma, u, v = i420_views(copy)
+        assert luma.shape == (height, width) and u.shape == v.shape == ((height + 1) // 2, (width + 1) // 2)
+        luma[:] = 16
+        assert (copy.to_ndarray(format="yuv420p")[:height] == 16).all()
+        assert np.array_equal(frame.to_ndarray(format="yuv420p"), planes)  # the original untouched
+        bgr = av.VideoFrame.from_ndarray(image, format="bgr24")
+        assert np.array_equal(copy_frame(bgr).to_ndarray(), image)

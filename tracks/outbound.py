@@ -153,6 +153,11 @@ class SpeechAudioTrack(MediaStreamTrack):
         return frame
 
 
+def _rows(plane) -> np.ndarray:
+    """A frame's plane as rows of bytes, line padding included (writable)."""
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+
+
 def i420_frame(image: np.ndarray) -> VideoFrame:
     """A YUV 4:2:0 picture (planes stacked, as ``to_ndarray(format="yuv420p")`` gives them) as a
     frame: each plane copied into the frame's own, 4-7x faster than PyAV's ``from_ndarray``
@@ -165,9 +170,24 @@ def i420_frame(image: np.ndarray) -> VideoFrame:
               flat[height * width:height * width + chroma].reshape(height // 2, width // 2),
               flat[height * width + chroma:].reshape(height // 2, width // 2))
     for plane, array in zip(frame.planes, planes):
-        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
-        rows[:array.shape[0], :array.shape[1]] = array
+        _rows(plane)[:array.shape[0], :array.shape[1]] = array
     return frame
+
+
+def i420_views(frame: VideoFrame) -> tuple[np.ndarray, ...]:
+    """Writable views of a yuv420p frame's Y, U and V planes, without their line padding: what
+    ``Overlay.draw(..., i420=True)`` draws on."""
+    return tuple(_rows(plane)[:plane.height, :plane.width] for plane in frame.planes)
+
+
+def copy_frame(frame: VideoFrame) -> VideoFrame:
+    """A new frame of the same format and size with ``frame``'s picture, plane by plane (one copy;
+    320x240 I420: about 10 µs). Its timestamps are for the caller to set."""
+    out = VideoFrame(frame.width, frame.height, frame.format.name)
+    for source, target in zip(frame.planes, out.planes):
+        width = min(source.line_size, target.line_size)  # (padding copied too: harmless)
+        _rows(target)[:target.height, :width] = _rows(source)[:target.height, :width]
+    return out
 
 
 def placeholder_card(width: int = 640, height: int = 360, text: str = "no camera") -> np.ndarray:
@@ -203,7 +223,7 @@ class SynthVideoTrack(MediaStreamTrack):
         self._pts = 0
         self._card = placeholder_card()
         self._cache_key = None
-        self._cache_image: tuple[np.ndarray, str] | None = None
+        self._cached: VideoFrame | None = None  # the last picture composed
         self._still = False  # the last picture composed is one to hold (see _compose)
         self._sent_pts = 0
         self._source_image: np.ndarray | None = None
@@ -229,36 +249,33 @@ class SynthVideoTrack(MediaStreamTrack):
         return (self.source is None and self._i420(frame) and frame.width * frame.height <= INLINE_PIXELS
                 and self._overlay.ready(items, now, frame.width, frame.height))
 
-    def _compose(self, items: list, now: float) -> tuple[np.ndarray, str]:
-        """The next picture, showing the overlay ``items`` at ``now``, and its layout: the camera's
-        own decoded YUV 4:2:0 (drawn on as it is, no colour conversion either way), else BGR (a
-        pipeline's source). A picture that does not change (the card, a paused camera) is kept
-        as YUV 4:2:0, converted once."""
+    def _compose(self, items: list, now: float) -> VideoFrame:
+        """The next picture, showing the overlay ``items`` at ``now``, as a frame of its own: the
+        camera's decoded YUV 4:2:0 planes copied once into it and drawn on there (no colour
+        conversion either way), else a pipeline's BGR source or the card. A picture that does not
+        change (the card, a paused camera) is composed and converted once, then copied."""
         image = self.source() if self.source else None
         frame = self.camera.take() if image is None else None
         key = (id(image), id(frame), Overlay.state(items, now))
-        unchanged = key == self._cache_key and self._cache_image is not None
+        unchanged = key == self._cache_key and self._cached is not None
         # Held rather than re-sent: the same array from a source, or the card (a camera frame
         # seen again is re-sent: the camera may only be late)
         self._still = unchanged and (image is not None or frame is None)
         if unchanged:
-            return self._cache_image
+            return copy_frame(self._cached)  # (the one sent before may still be on its way: a recording)
         self._cache_key, self._source_image = key, image  # (the array kept: its id stays its own)
         if image is not None:
-            self._cache_image = self._overlay.draw(np.array(image, copy=True), items, now), "bgr24"
-            return self._cache_image
-        if self._i420(frame):
-            # LatestFrame converts one frame in one thread at a time (a pipeline may be reading it)
-            image = self._overlay.draw(self.camera.to_array(frame, "yuv420p").copy(), items, now, i420=True)
+            out = VideoFrame.from_ndarray(self._overlay.draw(np.array(image, copy=True), items, now), format="bgr24")
+        elif self._i420(frame):
+            out = copy_frame(frame)  # read only: safe while a pipeline converts the same frame
+            self._overlay.draw(i420_views(out), items, now, i420=True)
         else:
             image = self._card.copy() if frame is None else self.camera.to_array(frame).copy()
-            image = self._overlay.draw(image, items, now)
-            if image.shape[0] % 2 or image.shape[1] % 2:
-                self._cache_image = image, "bgr24"
-                return self._cache_image
-            image = VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p").to_ndarray()
-        self._cache_image = image, "yuv420p"
-        return self._cache_image
+            out = VideoFrame.from_ndarray(self._overlay.draw(image, items, now), format="bgr24")
+            if out.width % 2 == 0 and out.height % 2 == 0:
+                out = out.reformat(format="yuv420p")
+        self._cached = out
+        return out
 
     async def _relayed(self) -> Packet | None:
         """The camera's next frame, forwarded (its timestamps moved onto this track's clock);
@@ -297,16 +314,15 @@ class SynthVideoTrack(MediaStreamTrack):
             await self._pacer.wait(self._pts)
             items, now = self.overlay(), time.monotonic()  # one snapshot: checked, then drawn
             if self._inline(items, now):
-                image, layout = self._compose(items, now)
+                frame = self._compose(items, now)
             else:  # colour conversion and drawing release the GIL: off the event loop
-                image, layout = await asyncio.get_running_loop().run_in_executor(None, self._compose, items, now)
+                frame = await asyncio.get_running_loop().run_in_executor(None, self._compose, items, now)
             if not self._still or self._pts - self._sent_pts >= STILL_INTERVAL * VIDEO_CLOCK:
                 break
             self._pts += step  # the card, unchanged: sent once a second, not encoded 25 times
             self.held += 1
             if self.readyState != "live":
                 raise MediaStreamError
-        frame = i420_frame(image) if layout == "yuv420p" else VideoFrame.from_ndarray(image, format=layout)
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self._sent_pts = self._pts

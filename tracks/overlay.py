@@ -314,10 +314,11 @@ class Overlay:
         """What a frame would show: equal states draw equal pictures (for callers' caches)."""
         return tuple((item, level) for item in items if (level := opacity(item, now)) > 0)
 
-    def draw(self, image: np.ndarray, items: Iterable[Item], now: float | None = None,
-             i420: bool = False) -> np.ndarray:
+    def draw(self, image: np.ndarray | tuple, items: Iterable[Item], now: float | None = None,
+             i420: bool = False) -> np.ndarray | tuple:
         """Draw the visible ``items`` on ``image``, in place; returns it. The image is BGR, or
-        with ``i420`` a YUV 4:2:0 picture (``tracks.sprites``: a decoded frame's own layout)."""
+        with ``i420`` a YUV 4:2:0 picture (``tracks.sprites``: a decoded frame's own layout,
+        stacked or as its three planes)."""
         now = _now() if now is None else now
         shown = self.state(items, now)
         if not shown:

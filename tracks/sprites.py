@@ -18,8 +18,12 @@ _U = np.array([-37.797, -74.203, 112.0], np.float32) / 255.0
 _V = np.array([112.0, -93.786, -18.214], np.float32) / 255.0
 
 
-def i420_planes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Writable views of the Y, U and V planes of an I420 picture (even width and height)."""
+def i420_planes(image: np.ndarray | tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Writable views of the Y, U and V planes of an I420 picture (even width and height); a
+    picture given as its three planes already (a frame's own, ``tracks.outbound.i420_views``)
+    is returned as it is."""
+    if isinstance(image, tuple):
+        return image
     height, width = image.shape[0] * 2 // 3, image.shape[1]
     chroma = image[height:].reshape(2, height // 2, width // 2)
     return image[:height], chroma[0], chroma[1]
@@ -97,7 +101,7 @@ class Sprite:
             self._i420 = (luma, u, v, alpha, 1.0 - alpha, chroma_alpha, 1.0 - chroma_alpha)
         return self._i420
 
-    def blend_i420(self, image: np.ndarray, x: int, y: int, level: float = 1.0) -> None:
+    def blend_i420(self, image: np.ndarray | tuple, x: int, y: int, level: float = 1.0) -> None:
         """Over ``image`` (I420, in place) with its top-left at (x, y): the luma exactly there,
         the chroma (2 x 2 pixels each) from (x // 2, y // 2)."""
         luma, u, v, alpha, inverse, chroma_alpha, chroma_inverse = self.i420()
