@@ -28,6 +28,8 @@ from tracks.relay import CameraRelay
 OUT_RATE = 48000
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
 VIDEO_CLOCK = 90000
+SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)  # what most 20 ms of returned audio are
+SILENCE.flags.writeable = False
 STILL_INTERVAL = 1.0  # seconds between repeats of an unchanged card (no camera, nothing new drawn)
 # A camera picture up to this size is drawn on right on the event loop when that is only a copy of
 # its planes and sprites already made blended on it (0.1-0.2 ms, about what the hop to a worker
@@ -121,6 +123,9 @@ class SpeechAudioTrack(MediaStreamTrack):
         return from_pcm16(np.concatenate([past, *ahead]))
 
     def _next_samples(self) -> np.ndarray:
+        """The next 20 ms to send (read-only: silence is one shared frame)."""
+        if not self._chunks:
+            return SILENCE
         out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         filled = 0
         while filled < FRAME_SAMPLES and self._chunks:
