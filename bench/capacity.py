@@ -193,9 +193,8 @@ def speed_probe(cpu: int, frames: list[np.ndarray]) -> float:
         os.sched_setaffinity(0, mine)
 
 
-async def run_server(kind: str, args, video: list[bytes], audio: dict[int, list[bytes]], onset_sample: int,
-                     probe_frames: list[np.ndarray]) -> dict:
-    log_path = RESULTS / f"capacity-{kind}.log"
+def server_process(kind: str, log_path: Path, args) -> ServerProcess:
+    """``kind``'s server (SERVERS), pinned to the server's core; not started."""
     if kind != "echo":
         server = ServerProcess.script(kind, log_path, "--max-sessions", "256", "--pipelines", "gender",
                                       "--load-threshold", "0",  # no shedding: this measures where real time ends
@@ -204,6 +203,13 @@ async def run_server(kind: str, args, video: list[bytes], audio: dict[int, list[
         server = ServerProcess.script(kind, log_path, "--transform", "none", "--encoder", args.echo_encoder,
                                       script=ROOT / "bench" / "echo_server.py", log_level=args.server_log_level)
     server.argv = ["taskset", "-c", str(args.server_cpu), *server.argv]
+    return server
+
+
+async def run_server(kind: str, args, video: list[bytes], audio: dict[int, list[bytes]], onset_sample: int,
+                     probe_frames: list[np.ndarray]) -> dict:
+    log_path = RESULTS / f"capacity-{kind}.log"
+    server = server_process(kind, log_path, args)
     run = {"server": kind, "uptime": uptime(), "probe_ms": speed_probe(args.server_cpu, probe_frames),
            "steps": [], "log": str(log_path.relative_to(ROOT))}
     print(f"{kind}: {run['uptime']}; speed probe {run['probe_ms']} ms", flush=True)

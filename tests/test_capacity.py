@@ -320,6 +320,45 @@ async def test_opus_track_sends_silence_as_dtx_and_speech_every_20_ms():
     assert (await track.recv()).pts - speech[-1].pts == DTX_FRAMES * FRAME_SAMPLES  # DTX again
 
 
+async def test_opus_track_sleeps_through_dtx_gaps_and_wakes_for_speech():
+    """Without a recording, a DTX gap is one sleep (not a wake-up every 20 ms), yet the play
+    clock, sent_frames and on_frame count every tick; speech pushed from another thread during a
+    gap goes out at the next tick."""
+    import threading
+
+    from tracks.opus import DTX_FRAMES, HANGOVER, OpusSpeechTrack
+    from tracks.outbound import FRAME_SAMPLES, OUT_RATE
+
+    track = OpusSpeechTrack()
+    track.opus = True
+    ticks, frames = [], []
+    tick = track._tick
+    track._tick = lambda: (ticks.append(1), tick())[1]
+    track.on_frame = lambda: frames.append(1)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    silent = [await track.recv() for _ in range(4)]
+    assert 1.1 < loop.time() - t0 < 1.5
+    assert [p.pts for p in silent] == [i * DTX_FRAMES * FRAME_SAMPLES for i in range(4)]
+    assert len(ticks) == 4  # one wake-up per silence packet (it was 3 * DTX_FRAMES + 1)
+    assert len(frames) == 3 * DTX_FRAMES + 1 and track.timestamp == (3 * DTX_FRAMES + 1) * FRAME_SAMPLES
+    assert len(track.sent_frames) == 10 and all(not f.any() for f in track.sent_frames)
+    pushed = []
+
+    def push():  # a pipeline's thread, 150 ms into the gap
+        pushed.append(loop.time())
+        track.push_audio(np.full(4800, 0.5, np.float32), OUT_RATE)
+
+    loop.call_later(0.15, threading.Thread(target=push).start)
+    speech = await track.recv()
+    assert loop.time() - pushed[0] < 0.045  # at the next tick, not at the next silence packet
+    assert speech.pts - silent[-1].pts == len(frames[3 * DTX_FRAMES + 1:]) * FRAME_SAMPLES
+    assert 0.15 * OUT_RATE <= speech.pts - silent[-1].pts <= 0.2 * OUT_RATE
+    assert speech.pts == track.timestamp - FRAME_SAMPLES  # the play clock counted the gap's ticks
+    rest = [await track.recv() for _ in range(4 + HANGOVER + 1)]
+    assert np.diff([p.pts for p in [speech, *rest]]).tolist() == [FRAME_SAMPLES] * (4 + HANGOVER + 1)
+
+
 async def test_opus_track_sends_frames_where_opus_was_not_negotiated():
     import av
 

@@ -12,14 +12,16 @@ otherwise it sends frames like ``SpeechAudioTrack``.
 """
 from __future__ import annotations
 
+import asyncio
 import fractions
+import time
 from functools import lru_cache
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
-from tracks.outbound import FRAME_SAMPLES, OUT_RATE, SpeechAudioTrack
+from tracks.outbound import FRAME_SAMPLES, OUT_RATE, SILENCE, SpeechAudioTrack
 
 HANGOVER = 10  # silent frames still encoded after speech (200 ms): the encoder fades out
 DTX_FRAMES = 20  # then one silence packet per 400 ms
@@ -57,6 +59,44 @@ class OpusSpeechTrack(SpeechAudioTrack):
         self.packets = 0  # packets handed to the sender
         self._codec: av.CodecContext | None = None
         self._quiet = HANGOVER  # silent ticks in a row (starts in DTX)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future | None = None  # sleeping through a DTX gap (_gap)
+
+    def push_audio(self, samples: np.ndarray, sample_rate: int, source: str | None = None) -> bool:
+        queued = super().push_audio(samples, sample_rate, source)
+        if self._waiter is not None:  # from the loop or a pipeline's thread: the gap ends at the next tick
+            self._loop.call_soon_threadsafe(self._wake)
+        return queued
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _gap(self) -> None:
+        """In a DTX gap (nothing to send until the next silence packet, unless speech is queued):
+        one sleep instead of a wake-up every 20 ms. The ticks slept through are kept as sent
+        silence (play clock, ``sent_frames``, ``on_frame``) when it ends: at the next silence
+        packet's tick, or when ``push_audio`` queues speech (it goes out at the next tick)."""
+        ticks = (HANGOVER - self._quiet) % DTX_FRAMES  # silent ticks before the next packet's
+        if ticks == 0 or self._pacer.start is None or self.tap is not None:  # (a recording taps every tick)
+            return
+        self._loop = asyncio.get_running_loop()
+        self._waiter = self._loop.create_future()
+        if not self._chunks:
+            delay = self._pacer.start + (self.timestamp + ticks * FRAME_SAMPLES) / OUT_RATE - time.monotonic()
+            timer = self._loop.call_later(max(0.0, delay), self._wake)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+        self._waiter = None
+        while ticks and self._pacer.behind(self.timestamp) >= 0:  # the ticks now past
+            self.timestamp += FRAME_SAMPLES
+            self.sent_frames.append(SILENCE)
+            self._quiet += 1
+            ticks -= 1
+            if self.on_frame:
+                self.on_frame()
 
     async def _tick(self) -> tuple[int, np.ndarray, bool]:
         """Wait for the next 20 ms of the play clock; (pts, samples, whether it was silence)."""
@@ -79,6 +119,8 @@ class OpusSpeechTrack(SpeechAudioTrack):
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
+            if self._quiet > HANGOVER and not self._chunks:
+                await self._gap()
             pts, samples, silent = await self._tick()
             self._quiet = self._quiet + 1 if silent else 0
             if self._quiet <= HANGOVER:
