@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import re
 import subprocess
 import time
@@ -22,7 +23,7 @@ from testing.net import LOOPBACK
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = LOOPBACK  # every benchmark stays on loopback
-RESULTS = ROOT / "bench" / "results"  # git-ignored
+RESULTS = Path(os.environ.get("MMS_BENCH_RESULTS") or ROOT / "bench" / "results")  # git-ignored; a test's elsewhere
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -157,4 +158,5 @@ def publish(name: str, markdown: str, data) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    print(f"written {RESULTS.relative_to(ROOT)}/{name}.md and {name}.json", flush=True)
+    where = RESULTS.relative_to(ROOT) if RESULTS.is_relative_to(ROOT) else RESULTS
+    print(f"written {where}/{name}.md and {name}.json", flush=True)

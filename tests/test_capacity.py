@@ -391,3 +391,28 @@ def test_i420_frame_is_from_ndarray_faster_with_padded_planes():
         assert np.array_equal(frame.to_ndarray(format="yuv420p"), planes)  # the original untouched
         bgr = av.VideoFrame.from_ndarray(image, format="bgr24")
         assert np.array_equal(copy_frame(bgr).to_ndarray(), image)
+
+
+def test_paired_bench_measures_two_servers_together_in_both_orders(tmp_path):
+    """bench/paired.py end to end, as small as it goes: both servers up at once with a session each,
+    one short window per order, a ratio from their CPU and every session's video flowing."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, str(root / "bench" / "paired.py"), "--sessions", "1", "--windows", "1",
+                          "--duration", "3", "--warmup", "2"], cwd=root, capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "MMS_BENCH_RESULTS": str(tmp_path)})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "**ours / echo = " in run.stdout
+    result = json.loads((tmp_path / "paired.json").read_text())
+    orders = [[w["order"] for w in windows] for windows in result["runs"]]
+    assert orders == [["echo/ours"], ["ours/echo"]]
+    for window in (w for windows in result["runs"] for w in windows):
+        assert window["echo_fps_min"] > 15 and window["ours_fps_min"] > 15, window
+        assert window["echo_cpu_pct_per_session"] > 0 and window["ours_cpu_pct_per_session"] > 0
+        assert window["ratio"] == round(window["ours_cpu_pct_per_session"] / window["echo_cpu_pct_per_session"], 3)
+    assert 0.05 < result["ratio"] < 5
