@@ -1,31 +1,18 @@
-"""The one place where the server changes what aiortc keeps in private code: the VP8 encoder of
-the returned video, how an inbound audio track is received (``release_audio_early``: its
-jitter buffer; ``decode_audio_inline``: its decoder thread), and the seams of the camera relay
-(``route_video``, ``on_keyframe_request``, ``on_picture_loss``, ``ask_keyframe``,
-``on_bitrate_estimate``, ``cap_bitrate_estimate``; tracks/relay.py), and how long a video
-receiver waits for a lost packet (``bound_video_wait``).
-``tests/test_capacity.py`` fails when an aiortc upgrade moves any of it.
+"""The one place where the server changes what aiortc keeps in private code: the returned
+video's VP8 encoder, how inbound audio is received (``release_audio_early``, ``decode_audio_inline``),
+the camera's receiver (``route_video``, ``bound_video_wait``: how long a lost packet is waited for)
+and the relay's seams. ``tests/test_capacity.py`` fails when an aiortc upgrade moves any of it.
 
-The encoder.
-
-aiortc's ``Vp8Encoder.encode`` (aiortc/codecs/vpx.py) creates its libvpx context on the first
-frame, and again when the frame size changes or the target bitrate moves by more than 10%, with
-fixed options (``AIORTC_OPTIONS``). ``RealtimeVp8Encoder`` creates that context itself, on the same
-conditions and with the same options except ``OPTIONS``, so aiortc's ``encode`` then finds it ready
-and uses it; everything else (bitrate from REMB, keyframes on PLI, packetization) stays aiortc's.
-``install()`` makes aiortc's RTP senders in this process use it for VP8 (the server calls it).
-
-Measured with ``bench/capacity.py --codec`` (the same camera-like clip through aiortc's encoder
-and this one, CPU time per frame and PSNR of the decoded frames against the input; README,
-Benchmark): libvpx's temporal denoiser (``noise-sensitivity`` 4 in aiortc) costs a fifth of the
-encoder's time and *lowers* PSNR against what the camera sent by about 1 dB at the same bitrate (it
-smooths the picture); ``cpu-used`` -12 saves another fifth within 0.2 dB; ``static-thresh`` 1200
-(aiortc: 1) another sixth at 320x240, a fifth at 640x480, for 0.2–0.4 dB (a macroblock that
-differs from the last picture by no more than sensor noise, about 2 levels RMS, is sent as
-unchanged rather than searched and coded; still above aiortc's PSNR). Without the denoiser the
-picture stops gaining from bits early, so the bitrate is capped by the frame size. At 320x240,
-where aiortc's settings reach 1.5 Mbps: 0.73 instead of 1.98 ms per frame, 34.9 instead of
-35.3 dB, 250 kbps instead of 1.5 Mbps.
+The encoder. aiortc's ``Vp8Encoder.encode`` (aiortc/codecs/vpx.py) creates its libvpx context on
+the first frame, and again when the frame size changes or the target bitrate moves by more than
+10%, with fixed options (``AIORTC_OPTIONS``). ``RealtimeVp8Encoder`` creates that context itself, on
+the same conditions and with the same options except ``OPTIONS``, so aiortc's ``encode`` finds it
+ready; the rest (bitrate from REMB, keyframes on PLI, packetization) stays aiortc's. ``install()``
+makes aiortc's RTP senders in this process use it for VP8 (the server calls it).
+Measured with ``bench/capacity.py --codec`` (README, Benchmark, for the figures): no temporal
+denoiser, ``cpu-used`` -12 and ``static-thresh`` 1200 each take a fifth to a sixth off the
+encoder's time within 0.2–0.4 dB, and the picture stops gaining from bits early, so the bitrate
+is capped by the frame size (``bitrate_cap``).
 
 Inbound audio. aiortc decodes every track on a thread of its own: each 20 ms Opus packet goes to
 the thread and its audio comes back to the event loop as a task that puts it on the track's
@@ -33,22 +20,15 @@ queue, two thread hops and a task for ~30 µs of decoding, 50 times a second per
 ``decode_audio_inline`` decodes audio right where aiortc hands over the packet, on the loop,
 and puts it on the track's queue itself; aiortc's decoder thread is still started, and waits idle
 until the receiver stops (then it ends the track, as before). Where the audio only goes to the
-pipelines, Opus is decoded straight to their 16 kHz mono (``media/opus.py``). Video keeps aiortc's thread: a
-frame is 0.3 ms of decoding at 320x240 and 0.6 at 640x480 here, and decoding it on the loop too
-measured no better (``bench/capacity.py``, 6 sessions).
+pipelines, Opus is decoded straight to their 16 kHz mono (``media/opus.py``). Video is decoded on
+aiortc's thread (0.3 ms a frame at 320x240; on the loop it measured no better), but the camera's
+frames no longer come back through the loop (``route_video``'s ``sink``): each hop there was a
+task, a queue and a wake-up, ~130 µs of the loop's time on an idle loop, 25 times a second.
 
-The camera relayed. Where nothing is drawn on the returned video and nothing reads the camera,
-the camera's own VP8 frames are sent back as they came (tracks/relay.py): ``route_video`` puts
-the relay in front of the video receiver's decoder thread (it decides, frame by frame, what is
-decoded), aiortc's sender packetizes the frames the returned track hands it as ``av.Packet``
-(its ``pack``, as for ``MediaPlayer(decode=False)``), ``on_keyframe_request`` tells the relay of
-the client's picture loss reports to our sender, ``on_picture_loss`` of those our receiver sends
-the camera (frames it dropped), and ``ask_keyframe`` asks the camera for a keyframe. The
-forwarded frames are the camera's bitrate, so while they are, the bitrate the server's receiver
-asks the camera for (its REMB, ``cap_bitrate_estimate``) is at most what the client last said it
-can receive of the returned video (its REMB to our sender, ``on_bitrate_estimate``), as an SFU
-passes a receiver's estimate on to the sender. After forwarded frames, ``RealtimeVp8Encoder``
-starts again with a keyframe: the client's decoder holds the camera's pictures, not the encoder's.
+The camera relayed (tracks/relay.py has the whole story): ``route_video`` puts the relay in front
+of the video receiver's decoder; ``on_keyframe_request``, ``on_picture_loss`` and ``ask_keyframe``
+carry picture loss both ways; ``cap_bitrate_estimate`` keeps the camera's REMB at most what the
+client's REMB to our sender says (``on_bitrate_estimate``), as an SFU passes a receiver's on.
 """
 from __future__ import annotations
 
@@ -248,28 +228,51 @@ class VideoRoute:
     """In place of a video receiver's decoder queue (aiortc's ``put((codec, encoded_frame))`` on
     the loop, for each complete frame; ``put(None)`` when it stops; its thread's ``get()``):
     each frame goes first to ``route(codec, encoded_frame)``, on the loop, and on to aiortc's
-    decoder thread only where that returns True."""
+    decoder thread only where that returns True. With a ``sink``, that thread decodes in ``get()``
+    and hands each picture to ``sink(frame)`` itself, not to the track through the loop; a frame
+    that does not decode sets ``decode_error`` (aiortc then asks the camera for a keyframe)."""
 
-    def __init__(self, route):
-        self.route = route
+    def __init__(self, route, sink=None, decode_error: threading.Event | None = None):
+        self.route, self.sink, self.decode_error = route, sink, decode_error
+        self.errors = 0
         self._queue: queue.Queue = queue.Queue()
+        self._decoder, self._codec_name = None, None
 
     def put(self, task) -> None:
         if task is None or self.route(*task):
             self._queue.put(task)
 
     def get(self):
-        return self._queue.get()
+        while True:
+            task = self._queue.get()
+            if task is None or self.sink is None:
+                return task  # the end (aiortc's thread ends the track), or aiortc's own decoding
+            codec, encoded_frame = task
+            if codec.name != self._codec_name:
+                self._decoder, self._codec_name = rtcrtpreceiver.get_decoder(codec), codec.name
+            try:
+                frames = self._decoder.decode(encoded_frame)
+            except Exception as exc:  # as aiortc's thread does for FFmpeg's: keep the decoder's state
+                self.errors += 1
+                if self.errors % 100 == 1:
+                    log.warning("failed to decode %s video (%d frames so far): %s", codec.name, self.errors, exc)
+                if self.decode_error is not None:
+                    self.decode_error.set()
+                continue
+            for frame in frames:
+                self.sink(frame)
 
 
-def route_video(receiver, route) -> bool:
-    """Before a video receiver starts: its frames pass through ``route`` (``VideoRoute``).
-    Returns False, changing nothing, where aiortc's private attributes are not what this expects."""
+def route_video(receiver, route, sink=None) -> bool:
+    """Before a video receiver starts: its frames pass through ``route`` (``VideoRoute``), and
+    with ``sink`` its pictures go to ``sink(frame)``, called on aiortc's decoder thread. Returns
+    False, changing nothing, where aiortc's private attributes are not what this expects."""
     decoder_queue = getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)
-    if (not isinstance(decoder_queue, queue.Queue)
+    decode_error = getattr(receiver, "_RTCRtpReceiver__decoder_error", None)
+    if (not isinstance(decoder_queue, queue.Queue) or not isinstance(decode_error, threading.Event)
             or getattr(receiver, "_RTCRtpReceiver__decoder_thread", True) is not None):  # not started
         return False
-    receiver._RTCRtpReceiver__decoder_queue = VideoRoute(route)
+    receiver._RTCRtpReceiver__decoder_queue = VideoRoute(route, sink, decode_error)
     return True
 
 

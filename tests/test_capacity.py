@@ -57,6 +57,14 @@ async def test_camera_is_kept_where_a_pipeline_reads_it(media_server):
         assert "a=ptime:60" in answer["sdp"]  # commentary too takes 60 ms audio packets
         await wait_until(lambda: session.camera.received >= 5, timeout=15)
         assert session.video_out.sent == 0
+        # decoded pictures go from aiortc's decoder thread straight to session.camera, not through the loop
+        from media import codecs
+        receiver = next(t.receiver for t in session.pc.getTransceivers() if t.kind == "video")
+        route = receiver._RTCRtpReceiver__decoder_queue
+        assert isinstance(route, codecs.VideoRoute) and route.sink == session.camera_decoded
+        assert receiver.track._queue.empty()
+        frames_in = session.metrics.frames_in.labels("video")._value.get()
+        await wait_until(lambda: session.metrics.frames_in.labels("video")._value.get() >= frames_in + 10, timeout=5)
     finally:
         await client.close()
 

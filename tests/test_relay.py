@@ -224,6 +224,9 @@ async def test_aiortc_video_path_is_where_the_relay_expects_it():
     handle_rtp = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
     assert "self.__decoder_queue.put((codec, encoded_frame))" in handle_rtp
     assert "await self._send_rtcp_pli(packet.ssrc)" in handle_rtp  # what on_picture_loss sees
+    # route_video's sink: aiortc's decoder thread reads the queue, and its decode-error flag asks for a PLI
+    assert "self.__decoder_error," in inspect.getsource(RTCRtpReceiver.receive)
+    assert "if self.__decoder_error.is_set():" in handle_rtp
 
     class Transport:
         state = "new"
@@ -267,6 +270,54 @@ async def test_aiortc_video_path_is_where_the_relay_expects_it():
     assert codecs.cap_bitrate_estimate(receiver, lambda: None)
     assert isinstance(receiver._RTCRtpReceiver__remote_bitrate_estimator, codecs.CappedEstimator)
     assert not codecs.cap_bitrate_estimate(RTCRtpReceiver("audio", Transport()), lambda: None)  # video only
+
+
+def test_video_route_decodes_on_aiortcs_thread_into_its_sink():
+    """With a sink, aiortc's decoder thread (here its own decoder_worker) decodes in VideoRoute.get
+    and hands pictures to the sink: nothing reaches the track's queue through the loop; a frame
+    that does not decode sets the receiver's decode-error flag (aiortc then sends a PLI) and the
+    next keyframe decodes; None still ends the track."""
+    import threading
+
+    from aiortc import rtcrtpreceiver
+    from aiortc.codecs import get_capabilities
+    from aiortc.jitterbuffer import JitterFrame
+
+    vp8 = next(c for c in get_capabilities("video").codecs if c.mimeType == "video/VP8")
+    frames = vp8_frames(12, keyframes=(0, 6))
+    pictures, threads = [], []
+
+    def sink(frame):
+        pictures.append(frame)
+        threads.append(threading.current_thread())
+
+    decode_error = threading.Event()
+    route = codecs.VideoRoute(lambda codec, frame: True, sink, decode_error)
+    loop = asyncio.new_event_loop()
+    track_queue: asyncio.Queue = asyncio.Queue()
+    worker = threading.Thread(target=rtcrtpreceiver.decoder_worker, args=(loop, route, track_queue, decode_error))
+    worker.start()
+    try:
+        for i, data in enumerate(frames[:6]):
+            route.put((vp8, JitterFrame(data=data, timestamp=i * 3600)))
+        route.put((vp8, JitterFrame(data=b"\x00" * 3, timestamp=0)))  # not a VP8 frame
+        for i, data in enumerate(frames[6:]):
+            route.put((vp8, JitterFrame(data=data, timestamp=(6 + i) * 3600)))
+        deadline = time.monotonic() + 10
+        while len(pictures) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(pictures) >= 6 and all((p.width, p.height) == (64, 48) for p in pictures)
+        assert all(t is worker for t in threads)  # on aiortc's thread, not the loop
+        assert decode_error.is_set() and route.errors >= 1
+        route.put(None)
+        worker.join(timeout=5)
+        assert not worker.is_alive()
+        loop.run_until_complete(asyncio.sleep(0.05))  # aiortc's worker ends the track through the loop
+        assert track_queue.qsize() == 1 and track_queue.get_nowait() is None
+    finally:
+        route.put(None)
+        worker.join(timeout=5)
+        loop.close()
 
 
 def test_capped_estimator_tells_the_camera_at_most_the_cap_and_at_once():

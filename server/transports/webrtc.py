@@ -88,7 +88,9 @@ class Peer:
                 codecs.bound_video_wait(transceiver.receiver)  # a lost packet holds video back 1 s at most
                 if camera is None and self.session.room is None:  # a room relays it to the others
                     camera = transceiver.receiver
-                    codecs.route_video(camera, self.session.relay.route)
+                    # its pictures straight from the decoder's thread, unless a recording taps them
+                    codecs.route_video(camera, self.session.relay.route,
+                                       None if self.session.recorder else self.session.camera_decoded)
                     codecs.on_picture_loss(camera, self.session.relay.picture_lost)
                     codecs.cap_bitrate_estimate(camera, self.session.relay.bitrate_cap)
         kinds = {t.kind for t in self.pc.getTransceivers()}
@@ -338,9 +340,16 @@ class WebRTCSession(Session):
                 and not any(p.uses_camera or p.options.get("overlay", True) for p in self.pipelines.values()))
 
     def _camera_frame(self) -> None:
-        """A camera frame the relay took and did not decode (read_video counts the others)."""
+        """A camera frame the relay took and did not decode (``camera_decoded`` counts the others)."""
         self.touch()
         self.metrics.frames_in.labels("video").inc()
+
+    def camera_decoded(self, frame) -> None:
+        """A decoded camera picture, on aiortc's decoder thread (media/codecs.py ``VideoRoute``):
+        what ``read_video`` does on the loop otherwise (it keeps the newest; counters and
+        ``touch`` are safe from a thread)."""
+        self.camera.put(frame)
+        self._camera_frame()
 
     # --- lifetime ------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
