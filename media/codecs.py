@@ -1,18 +1,18 @@
-"""The one place where the server changes what aiortc keeps in private code: the returned
-video's VP8 encoder, how inbound audio is received (``release_audio_early``, ``decode_audio_inline``),
-the camera's receiver (``route_video``, ``bound_video_wait``: how long a lost packet is waited for)
-and the relay's seams. ``tests/test_capacity.py`` fails when an aiortc upgrade moves any of it.
+"""The one place where the server changes aiortc's private code: the returned video's encoder,
+inbound audio (``release_audio_early``, ``decode_audio_inline``), the camera's receiver
+(``route_video``, ``bound_video_wait``) and the relay's seams. ``tests/test_capacity.py`` and
+``tests/test_relay.py`` fail when an aiortc upgrade moves any of it.
 
 The encoder. aiortc's ``Vp8Encoder.encode`` (aiortc/codecs/vpx.py) creates its libvpx context on
 the first frame, and again when the frame size changes or the target bitrate moves by more than
 10%, with fixed options (``AIORTC_OPTIONS``). ``RealtimeVp8Encoder`` creates that context itself, on
 the same conditions and with the same options except ``OPTIONS``, so aiortc's ``encode`` finds it
 ready; the rest (bitrate from REMB, keyframes on PLI, packetization) stays aiortc's. ``install()``
-makes aiortc's RTP senders in this process use it for VP8 (the server calls it).
-Measured with ``bench/capacity.py --codec`` (README, Benchmark, for the figures): no temporal
-denoiser, ``cpu-used`` -12 and ``static-thresh`` 1200 each take a fifth to a sixth off the
-encoder's time within 0.2–0.4 dB, and the picture stops gaining from bits early, so the bitrate
-is capped by the frame size (``bitrate_cap``).
+makes aiortc's RTP senders in this process use it for VP8 (the server calls it). Measured with
+``bench/capacity.py --codec`` (README, Benchmark, for the figures): no temporal denoiser,
+``cpu-used`` -12 and ``static-thresh`` 1200 each take a fifth to a sixth off the encoder's time
+within 0.2–0.4 dB, and the picture stops gaining from bits early, so the bitrate is capped by the
+frame size (``bitrate_cap``).
 
 Inbound audio. aiortc decodes every track on a thread of its own: each 20 ms Opus packet goes to
 the thread and its audio comes back to the event loop as a task that puts it on the track's
