@@ -56,7 +56,7 @@ async def run_level(kind: str, n: int, args, speech: np.ndarray, onset_sample: i
     else:
         server = ServerProcess.script(kind, log_path, "--transform", args.transform, script=ECHO_SERVER,
                                       log_level=args.server_log_level)
-    result: dict = {"server": kind, "sessions": n, "log": str(log_path.relative_to(ROOT))}
+    result: dict = {"server": kind, "sessions": n, "log": str(harness.shown(log_path))}
     sessions: list[Session] = []
     async with aiohttp.ClientSession() as http:
         try:

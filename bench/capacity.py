@@ -211,7 +211,7 @@ async def run_server(kind: str, args, video: list[bytes], audio: dict[int, list[
     log_path = RESULTS / f"capacity-{kind}.log"
     server = server_process(kind, log_path, args)
     run = {"server": kind, "uptime": uptime(), "probe_ms": speed_probe(args.server_cpu, probe_frames),
-           "steps": [], "log": str(log_path.relative_to(ROOT))}
+           "steps": [], "log": str(harness.shown(log_path))}
     print(f"{kind}: {run['uptime']}; speed probe {run['probe_ms']} ms", flush=True)
     sessions: list[Session] = []
     me = psutil.Process()
@@ -347,16 +347,23 @@ def report(runs: dict, codec: dict | None, args) -> str:
     return "\n".join(out)
 
 
-async def main_async(args) -> None:
+def client_media(args, packet_ms: tuple[int, ...] = (20, 40, 60)) -> tuple[list[bytes], dict[int, list[bytes]], int]:
+    """This process set up for the cheap clients (loopback only, counting receivers, on its own
+    core), and their media: the camera's VP8 frames, the speech as Opus packets of each length in
+    ``packet_ms`` (those a server may ask for), and the speech's onset sample."""
     harness.loopback_only()
     cheap_receivers()
-    os.sched_setaffinity(0, {args.client_cpu})  # this process (the clients) on its own core
+    os.sched_setaffinity(0, {args.client_cpu})
+    w, h = (int(x) for x in args.size.split("x"))
+    speech, onset_sample = make_speech(args.voice, args.lead_in)
+    return read_packets(vp8_file(w, h)), {ms: opus_packets(speech, ms) for ms in packet_ms}, onset_sample
+
+
+async def main_async(args) -> None:
+    # Opus packets of each length a server may ask for (--audio-ptime answer), or 20 ms only
+    video, audio, onset_sample = client_media(args, (20, 40, 60) if args.audio_ptime == "answer" else (20,))
     w, h = (int(x) for x in args.size.split("x"))
     codec = codec_levers([(320, 240), (640, 480)], [500_000, 1_500_000]) if args.codec else None
-    video = read_packets(vp8_file(w, h))
-    speech, onset_sample = make_speech(args.voice, args.lead_in)
-    # Opus packets of each length a server may ask for (--audio-ptime answer), or 20 ms only
-    audio = {ms: opus_packets(speech, ms) for ms in ((20, 40, 60) if args.audio_ptime == "answer" else (20,))}
     probe_frames = camera_clip(w, h, 2 * FPS)
     runs = {}
     for kind in args.servers:
@@ -378,33 +385,42 @@ def servers(text: str) -> list[str]:
     return kinds
 
 
-def main() -> None:
-    p = harness.parser(__doc__)
-    harness.add_load_flags(p, "1,2,4,6,8,10,12,16,20,24", 8.0, levels_help="session counts, stepped up")
+def add_server_flags(p, warmup: float) -> None:
+    """The flags of the servers (``server_process``) and the cheap clients (``client_media``)."""
     p.add_argument("--size", default="320x240", help="the clients' camera size (default 320x240)")
-    p.add_argument("--servers", type=servers, default=["ours", "echo"],
-                   help="which servers to step up, in order, of ours, relay and echo (default ours,echo; '' for none)")
-    p.add_argument("--codec", action="store_true", help="first measure the VP8 encoder's levers")
     p.add_argument("--echo-encoder", choices=("aiortc", "ours"), default="aiortc",
                    help="the echo's VP8 settings: aiortc's (the baseline), or ours (media/codecs.py)")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
-    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--warmup", type=float, default=warmup)
     p.add_argument("--voice", default="en")
-    p.add_argument("--audio-ptime", choices=("answer", "20"), default="answer",
-                   help="the clients' audio packets: as long as the answer's a=ptime asks (as browsers "
-                        "send them; default), or always 20 ms")
     p.add_argument("--lead-in", type=float, default=1.0)
     p.add_argument("--connect-timeout", type=float, default=40.0)
     p.add_argument("--start-timeout", type=float, default=90.0)
-    p.add_argument("--first-frame-timeout", type=float, default=15.0)
     p.add_argument("--server-log-level", default="WARNING")
-    args = p.parse_args()
+
+
+def run(main_async, args) -> None:
+    """``main_async(args)``, and whatever servers it started stopped, however it ends."""
     try:
         asyncio.run(main_async(args))
     finally:
         from testing.server import kill_children
         kill_children()
+
+
+def main() -> None:
+    p = harness.parser(__doc__)
+    harness.add_load_flags(p, "1,2,4,6,8,10,12,16,20,24", 8.0, levels_help="session counts, stepped up")
+    add_server_flags(p, warmup=3.0)
+    p.add_argument("--servers", type=servers, default=["ours", "echo"],
+                   help="which servers to step up, in order, of ours, relay and echo (default ours,echo; '' for none)")
+    p.add_argument("--codec", action="store_true", help="first measure the VP8 encoder's levers")
+    p.add_argument("--audio-ptime", choices=("answer", "20"), default="answer",
+                   help="the clients' audio packets: as long as the answer's a=ptime asks (as browsers "
+                        "send them; default), or always 20 ms")
+    p.add_argument("--first-frame-timeout", type=float, default=15.0)
+    run(main_async, p.parse_args())
 
 
 if __name__ == "__main__":

@@ -158,5 +158,9 @@ def publish(name: str, markdown: str, data) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    where = RESULTS.relative_to(ROOT) if RESULTS.is_relative_to(ROOT) else RESULTS
-    print(f"written {where}/{name}.md and {name}.json", flush=True)
+    print(f"written {shown(RESULTS)}/{name}.md and {name}.json", flush=True)
+
+
+def shown(path: Path) -> Path:
+    """``path`` from the repository root where it is inside it (results may be elsewhere)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path

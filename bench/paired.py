@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import statistics
 import sys
 import time
@@ -32,11 +31,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 from bench import harness  # noqa: E402
-from bench.capacity import (CountingVp8Decoder, SERVERS, cheap_receivers, lag_stats, open_session,  # noqa: E402
-                            read_packets, server_process, servers, vp8_file)
+from bench.capacity import (SERVERS, CountingVp8Decoder, add_server_flags, client_media, lag_stats,  # noqa: E402
+                            open_session, run, server_process, servers)
 from bench.harness import RESULTS, get_metrics  # noqa: E402
-from bench.packet_media import opus_packets  # noqa: E402
-from bench.session_clients import close_session, make_speech  # noqa: E402
+from bench.session_clients import close_session  # noqa: E402
 
 
 async def run_pair(order: list[str], args, video, audio, onset) -> list[dict]:
@@ -103,13 +101,7 @@ def report(runs: list[list[dict]], ratio: float, args) -> str:
 
 
 async def main_async(args) -> None:
-    harness.loopback_only()
-    cheap_receivers()
-    os.sched_setaffinity(0, {args.client_cpu})
-    w, h = (int(x) for x in args.size.split("x"))
-    video = read_packets(vp8_file(w, h))
-    speech, onset = make_speech(args.voice, args.lead_in)
-    audio = {ms: opus_packets(speech, ms) for ms in (20, 40, 60)}
+    video, audio, onset = client_media(args)
     runs = []
     for order in (args.servers, args.servers[::-1]):
         print(f"order {'/'.join(order)}: {args.sessions} sessions each", flush=True)
@@ -134,24 +126,11 @@ def main() -> None:
     p.add_argument("--servers", type=pair, default=["echo", "ours"],
                    help="the two servers, of ours, relay and echo; the ratio is the second's over the first's "
                         "(default echo,ours)")
-    p.add_argument("--size", default="320x240")
-    p.add_argument("--echo-encoder", choices=("aiortc", "ours"), default="aiortc")
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--client-cpu", type=int, default=1)
-    p.add_argument("--warmup", type=float, default=5.0)
-    p.add_argument("--voice", default="en")
-    p.add_argument("--lead-in", type=float, default=1.0)
-    p.add_argument("--connect-timeout", type=float, default=40.0)
-    p.add_argument("--start-timeout", type=float, default=90.0)
-    p.add_argument("--server-log-level", default="WARNING")
+    add_server_flags(p, warmup=5.0)
     args = p.parse_args()
     if not 1 <= args.sessions <= 8 or not 1 <= args.windows <= 30 or not 1 <= args.duration <= 60:
         p.error("--sessions 1-8, --windows 1-30, --duration 1-60")
-    try:
-        asyncio.run(main_async(args))
-    finally:
-        from testing.server import kill_children
-        kill_children()
+    run(main_async, args)
 
 
 if __name__ == "__main__":

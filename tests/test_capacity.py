@@ -424,3 +424,7 @@ def test_paired_bench_measures_two_servers_together_in_both_orders(tmp_path):
         assert window["echo_cpu_pct_per_session"] > 0 and window["ours_cpu_pct_per_session"] > 0
         assert window["ratio"] == round(window["ours_cpu_pct_per_session"] / window["echo_cpu_pct_per_session"], 3)
     assert 0.05 < result["ratio"] < 5
+    for flags in (["--sessions", "0"], ["--windows", "31"], ["--servers", "ours,ours"]):  # refused, nothing started
+        refused = subprocess.run([sys.executable, str(root / "bench" / "paired.py"), *flags], cwd=root,
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "error:" in refused.stderr, (flags, refused.stderr[-500:])
